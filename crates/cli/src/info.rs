@@ -1,0 +1,193 @@
+//! `xception info`: the layer table, parameter and multiply-add counts of a configuration.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+use xception_model::{Summary, Xception, XceptionConfig};
+
+use crate::device::DeviceChoice;
+
+/// The part of a config file `info` reads; the other sections belong to training.
+#[derive(Deserialize)]
+struct ModelSection {
+    #[serde(default)]
+    model: XceptionConfig,
+}
+
+/// Reads the `[model]` table of a TOML config (the paper's model when the table is absent).
+pub fn load_model_config(path: &Path) -> Result<XceptionConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    let section: ModelSection =
+        toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))?;
+    section
+        .model
+        .validate()
+        .with_context(|| format!("invalid config file {}", path.display()))?;
+    Ok(section.model)
+}
+
+/// Prints the summary of `config`, after checking it against the module built on `device`.
+pub fn run(config: Option<&Path>, json: bool, device: DeviceChoice) -> Result<()> {
+    let config = match config {
+        Some(path) => load_model_config(path)?,
+        None => XceptionConfig::default(),
+    };
+    let summary = Summary::new(&config);
+    let model = Xception::new(&config, &device.device())?;
+    let counts = model.param_counts();
+    if (counts.trainable, counts.non_trainable)
+        != (summary.trainable_params, summary.non_trainable_params)
+    {
+        bail!(
+            "internal error: the module has {counts:?} parameters but the summary counts {} + {}",
+            summary.trainable_params,
+            summary.non_trainable_params
+        );
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print!("{}", render(&summary));
+    }
+    Ok(())
+}
+
+fn shape(dims: &[usize]) -> String {
+    dims.iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join("x")
+}
+
+/// Digits grouped by thousands, as the paper prints parameter counts.
+pub fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The human-readable table.
+pub fn render(summary: &Summary) -> String {
+    use std::fmt::Write;
+    let c = &summary.config;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Xception: {} classes, {}x{} input, residual {}, mid activation {}, {} middle blocks, \
+         width {}, dropout {}\n",
+        c.num_classes,
+        c.input_size,
+        c.input_size,
+        c.residual,
+        format!("{:?}", c.mid_activation).to_lowercase(),
+        c.middle_blocks,
+        c.width,
+        c.dropout
+    );
+    let _ = writeln!(
+        out,
+        "{:<20} {:<34} {:>14} {:>12} {:>16}",
+        "layer", "operation", "output", "params", "multiply-adds"
+    );
+    let mut layers = summary.layers.iter().peekable();
+    for block in &summary.blocks {
+        let _ = writeln!(
+            out,
+            "{:<55} {:>14} {:>12} {:>16}",
+            format!("{} ({:?} flow)", block.plan.name, block.plan.flow).to_lowercase(),
+            shape(&block.output),
+            grouped(block.params),
+            grouped(block.macs)
+        );
+        while let Some(layer) = layers.next_if(|l| l.block == block.plan.name) {
+            let _ = writeln!(
+                out,
+                "  {:<18} {:<34} {:>14} {:>12} {:>16}",
+                layer.name,
+                layer.op,
+                shape(&layer.output),
+                grouped(layer.params),
+                grouped(layer.macs)
+            );
+        }
+    }
+    let _ = writeln!(out, "head");
+    for layer in layers {
+        let _ = writeln!(
+            out,
+            "  {:<18} {:<34} {:>14} {:>12} {:>16}",
+            layer.name,
+            layer.op,
+            shape(&layer.output),
+            grouped(layer.params),
+            grouped(layer.macs)
+        );
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "trainable parameters      {:>15}",
+        grouped(summary.trainable_params)
+    );
+    let _ = writeln!(
+        out,
+        "non-trainable parameters  {:>15}  (BatchNorm running mean and variance)",
+        grouped(summary.non_trainable_params)
+    );
+    let _ = writeln!(
+        out,
+        "total parameters          {:>15}",
+        grouped(summary.total_params)
+    );
+    let _ = writeln!(
+        out,
+        "multiply-adds per image   {:>15}  ({:.2} G; convolutions and classifier)",
+        grouped(summary.macs),
+        summary.macs as f64 / 1e9
+    );
+    let _ = writeln!(
+        out,
+        "convolution layers        {:>15}  (plus the residual 1x1 convolutions)",
+        summary.conv_layers
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_thousands() {
+        assert_eq!(grouped(0), "0");
+        assert_eq!(grouped(999), "999");
+        assert_eq!(grouped(22_855_952), "22,855,952");
+        assert_eq!(grouped(8_357_403_496), "8,357,403,496");
+    }
+
+    #[test]
+    fn table_lists_every_layer_and_the_totals() {
+        let text = render(&Summary::new(&XceptionConfig::default()));
+        for needle in [
+            "block1_conv1",
+            "block14_sepconv2",
+            "predictions",
+            "22,855,952",
+            "54,528",
+            "22,910,480",
+            "8,357,403,496",
+            "2048x10x10",
+            "728x19x19",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! End-to-end tests: the real `xception` binary.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn xception(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_xception"))
+        .args(args)
+        .output()
+        .expect("the xception binary runs")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn json(output: &Output) -> serde_json::Value {
+    assert!(output.status.success(), "{}", stderr(output));
+    serde_json::from_str(&stdout(output)).expect("valid JSON")
+}
+
+#[test]
+fn info_json_gives_the_papers_exact_counts() {
+    let summary = json(&xception(&["info", "--json"]));
+    assert_eq!(summary["trainable_params"], 22_855_952);
+    assert_eq!(summary["non_trainable_params"], 54_528);
+    assert_eq!(summary["total_params"], 22_910_480);
+    assert_eq!(summary["macs"], 8_357_403_496u64);
+    let layers = summary["layers"].as_array().expect("layer rows");
+    let first = &layers[0];
+    assert_eq!(first["name"], "block1_conv1");
+    assert_eq!(first["output"], serde_json::json!([32, 149, 149]));
+    let params: u64 = layers
+        .iter()
+        .map(|l| l["params"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(params, 22_855_952);
+    assert_eq!(summary["blocks"].as_array().map(Vec::len), Some(14));
+}
+
+#[test]
+fn info_prints_a_table_with_the_totals() {
+    let output = xception(&["info"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(text.contains("22,855,952"), "{text}");
+    assert!(text.contains("block13_pool"), "{text}");
+}
+
+fn write_config(dir: &Path, body: &str) -> String {
+    let path = dir.join("model.toml");
+    std::fs::write(&path, body).expect("write config");
+    path.display().to_string()
+}
+
+#[test]
+fn info_reads_the_model_table_of_a_config() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = write_config(
+        dir.path(),
+        "[model]\nnum_classes = 10\ninput_size = 96\nwidth = 0.25\nmiddle_blocks = 2\n\n\
+         [training]\nepochs = 3\n",
+    );
+    let summary = json(&xception(&["info", &path, "--json", "--device", "ndarray"]));
+    assert_eq!(summary["config"]["num_classes"], 10);
+    let blocks = summary["blocks"].as_array().expect("blocks");
+    assert_eq!(blocks.len(), 8);
+    assert_eq!(
+        blocks.last().map(|b| b["output"].clone()),
+        Some(serde_json::json!([512, 3, 3]))
+    );
+}
+
+#[test]
+fn a_typo_in_the_config_names_the_file_and_the_field() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = write_config(dir.path(), "[model]\nnum_clases = 10\n");
+    let output = xception(&["info", &path]);
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    assert!(message.contains(&path), "{message}");
+    assert!(message.contains("num_clases"), "{message}");
+}
+
+#[test]
+fn an_invalid_value_names_the_field() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = write_config(dir.path(), "[model]\ninput_size = 32\n");
+    let output = xception(&["info", &path]);
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    assert!(message.contains("model.input_size"), "{message}");
+    assert!(message.contains(&path), "{message}");
+}
+
+#[test]
+fn a_missing_config_is_a_clear_error() {
+    let output = xception(&["info", "no/such/config.toml"]);
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("no/such/config.toml"));
+}
+
+#[test]
+fn an_unknown_device_lists_the_choices() {
+    let output = xception(&["info", "--device", "tpu"]);
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    for device in ["flex", "ndarray", "wgpu"] {
+        assert!(message.contains(device), "{message}");
+    }
+}

@@ -1,0 +1,346 @@
+//! Tests of the Burn module against the analytic summary and Keras' behaviour.
+
+use burn::module::Module;
+use burn::tensor::{Device, Distribution, Tensor, TensorData, Tolerance};
+
+use crate::{
+    MidActivation, Summary, Xception, XceptionConfig, architecture::BlockKind, block_param_counts,
+};
+
+fn device() -> Device {
+    Device::flex()
+}
+
+fn random_images(batch: usize, size: usize, device: &Device) -> Tensor<4> {
+    Tensor::random(
+        [batch, 3, size, size],
+        Distribution::Uniform(-1.0, 1.0),
+        device,
+    )
+}
+
+/// Builds `config`, runs a batch through it, and checks every block's output shape and
+/// parameter count against the analytic summary.
+fn assert_module_matches_summary(config: &XceptionConfig) {
+    let device = device();
+    let model = Xception::new(config, &device).expect("valid config");
+    let summary = Summary::new(config);
+
+    let counts = model.param_counts();
+    assert_eq!(counts.trainable, summary.trainable_params, "{config:?}");
+    assert_eq!(
+        counts.non_trainable, summary.non_trainable_params,
+        "{config:?}"
+    );
+    assert_eq!(
+        model.num_params() as u64,
+        summary.total_params,
+        "{config:?}"
+    );
+    let blocks = block_param_counts(&model);
+    assert_eq!(blocks.len(), summary.blocks.len());
+    for ((name, counts), expected) in blocks.iter().zip(&summary.blocks) {
+        assert_eq!(name, &expected.plan.name);
+        assert_eq!(counts.trainable, expected.params, "{name} of {config:?}");
+        assert_eq!(
+            counts.non_trainable, expected.non_trainable_params,
+            "{name}"
+        );
+    }
+
+    let batch = 2;
+    let mut shapes = Vec::new();
+    let features = model.forward_features_traced(
+        random_images(batch, config.input_size, &device),
+        |name, x| shapes.push((name.to_string(), x.dims())),
+    );
+    let expected: Vec<_> = summary
+        .blocks
+        .iter()
+        .map(|b| {
+            let [c, h, w] = b.output;
+            (b.plan.name.clone(), [batch, c, h, w])
+        })
+        .collect();
+    assert_eq!(shapes, expected, "{config:?}");
+    let logits = model.classify(features);
+    assert_eq!(logits.dims(), [batch, config.num_classes]);
+    let values = logits.into_data().try_to_vec::<f32>().expect("f32 logits");
+    assert!(values.iter().all(|v| v.is_finite()), "{config:?}");
+}
+
+#[test]
+fn paper_model_has_exact_parameter_counts() {
+    let model = Xception::new(&XceptionConfig::default(), &device()).expect("valid");
+    let counts = model.param_counts();
+    assert_eq!(counts.trainable, 22_855_952);
+    assert_eq!(counts.non_trainable, 54_528);
+    // Burn counts BatchNorm running statistics as parameters too.
+    assert_eq!(model.num_params(), 22_910_480);
+}
+
+#[test]
+fn paper_model_feature_maps_match_keras_at_299() {
+    let device = device();
+    let config = XceptionConfig::default();
+    let model = Xception::new(&config, &device).expect("valid");
+    let images = random_images(1, 299, &device);
+
+    let stem_conv1 = model.stem.conv1.forward(images.clone());
+    assert_eq!(stem_conv1.dims(), [1, 32, 149, 149]);
+
+    let mut shapes = Vec::new();
+    let features = model.forward_features_traced(images, |name, x| {
+        shapes.push((name.to_string(), x.dims()));
+    });
+    let middle = [1, 728, 19, 19];
+    let mut expected = vec![
+        ("block1".to_string(), [1, 64, 147, 147]),
+        ("block2".to_string(), [1, 128, 74, 74]),
+        ("block3".to_string(), [1, 256, 37, 37]),
+        ("block4".to_string(), middle),
+    ];
+    expected.extend((5..=12).map(|i| (format!("block{i}"), middle)));
+    expected.push(("block13".to_string(), [1, 1024, 10, 10]));
+    expected.push(("block14".to_string(), [1, 2048, 10, 10]));
+    assert_eq!(shapes, expected);
+    assert_eq!(model.classify(features).dims(), [1, 1000]);
+}
+
+#[test]
+fn paper_model_matches_its_summary_block_by_block() {
+    // The forward pass at 299 is covered above; a smaller input exercises the same layers.
+    assert_module_matches_summary(&XceptionConfig {
+        input_size: 96,
+        ..Default::default()
+    });
+}
+
+#[test]
+fn variants_match_their_summaries() {
+    let small = XceptionConfig {
+        input_size: 80,
+        width: 0.125,
+        middle_blocks: 2,
+        num_classes: 7,
+        ..Default::default()
+    };
+    let variants = [
+        small.clone(),
+        XceptionConfig {
+            input_size: 71,
+            ..small.clone()
+        },
+        XceptionConfig {
+            input_size: 150,
+            ..small.clone()
+        },
+        XceptionConfig {
+            residual: false,
+            ..small.clone()
+        },
+        XceptionConfig {
+            mid_activation: MidActivation::Relu,
+            ..small.clone()
+        },
+        XceptionConfig {
+            mid_activation: MidActivation::Elu,
+            ..small.clone()
+        },
+        XceptionConfig {
+            middle_blocks: 0,
+            ..small.clone()
+        },
+        XceptionConfig {
+            width: 0.3,
+            dropout: 0.0,
+            ..small.clone()
+        },
+    ];
+    for config in &variants {
+        assert_module_matches_summary(config);
+    }
+}
+
+#[test]
+fn invalid_config_is_refused() {
+    let config = XceptionConfig {
+        input_size: 64,
+        ..Default::default()
+    };
+    let error = Xception::new(&config, &device()).expect_err("too small");
+    assert!(error.to_string().contains("input_size"));
+}
+
+fn small_model(config: XceptionConfig) -> Xception {
+    let config = XceptionConfig {
+        input_size: 71,
+        width: 0.0625,
+        middle_blocks: 1,
+        num_classes: 3,
+        ..config
+    };
+    Xception::new(&config, &device()).expect("valid")
+}
+
+#[test]
+fn mid_activation_sits_between_depthwise_and_pointwise() {
+    let model = small_model(XceptionConfig::default());
+    let mut sepconv = model.middle_flow[0].sepconvs[0].clone();
+    let channels = sepconv.depthwise.weight.dims()[0];
+    let x = Tensor::random(
+        [2, channels, 9, 9],
+        Distribution::Normal(0.0, 1.0),
+        &device(),
+    );
+
+    let depthwise = sepconv.depthwise.forward(x.clone());
+    let by_hand = |mid: Tensor<4>| sepconv.bn.forward(sepconv.pointwise.forward(mid));
+    let expectations = [
+        (MidActivation::None, by_hand(depthwise.clone())),
+        (
+            MidActivation::Relu,
+            by_hand(burn::tensor::activation::relu(depthwise.clone())),
+        ),
+        (
+            MidActivation::Elu,
+            by_hand(burn::tensor::activation::elu(depthwise.clone(), 1.0)),
+        ),
+    ];
+    let mut outputs = Vec::new();
+    for (activation, expected) in expectations {
+        sepconv.mid_activation = activation;
+        let actual = sepconv.forward(x.clone());
+        actual
+            .to_data()
+            .assert_approx_eq::<f32>(&expected.to_data(), Tolerance::default());
+        outputs.push(actual.into_data());
+    }
+    // The three variants really compute different things on inputs with negative values.
+    assert_ne!(outputs[0], outputs[1]);
+    assert_ne!(outputs[1], outputs[2]);
+}
+
+#[test]
+fn residual_switch_adds_the_shortcut() {
+    let with = small_model(XceptionConfig::default());
+    let mut block = with.middle_flow[0].clone();
+    let channels = block.sepconvs[0].depthwise.weight.dims()[0];
+    let x = Tensor::random(
+        [1, channels, 5, 5],
+        Distribution::Normal(0.0, 1.0),
+        &device(),
+    );
+    let residual = block.forward(x.clone());
+    block.residual = false;
+    let plain = block.forward(x.clone());
+    (residual - plain)
+        .to_data()
+        .assert_approx_eq::<f32>(&x.to_data(), Tolerance::default());
+
+    let without = small_model(XceptionConfig {
+        residual: false,
+        ..Default::default()
+    });
+    assert!(without.entry_flow.iter().all(|b| b.residual.is_none()));
+    assert!(without.exit_block.residual.is_none());
+    assert!(without.middle_flow.iter().all(|b| !b.residual));
+}
+
+#[test]
+fn max_pool_pads_like_tensorflow_same() {
+    // An even side gets its one padding row and column at the bottom and right, and padding
+    // never wins a max (TensorFlow pads with -inf), so an all-negative input stays negative.
+    let model = small_model(XceptionConfig::default());
+    let pool = &model.entry_flow[0].pool;
+    let values: Vec<f32> = (0..16).map(|v| -1.0 - v as f32).collect();
+    let x = Tensor::<4>::from_data(TensorData::new(values, [1, 1, 4, 4]), &device());
+    let pooled = pool.forward(x);
+    // Rows/columns {0,1,2} and {2,3}: maxima of -1 - (4 * row + col).
+    let expected = TensorData::new(vec![-1.0f32, -3.0, -9.0, -11.0], [1, 1, 2, 2]);
+    pooled.into_data().assert_eq(&expected, true);
+}
+
+#[test]
+fn stride_two_shortcut_samples_even_positions() {
+    // TensorFlow 'same' for a 1x1 stride-2 convolution pads nothing: output (i, j) reads
+    // input (2i, 2j), for odd and even sides alike.
+    let model = small_model(XceptionConfig::default());
+    let shortcut = model.entry_flow[0].residual.as_ref().expect("residual");
+    let channels = shortcut.conv.weight.dims()[1];
+    let stride_one = burn::nn::conv::Conv2d {
+        stride: [1, 1],
+        ..shortcut.conv.clone()
+    };
+    for side in [5, 6] {
+        let x = Tensor::random([1, channels, side, side], Distribution::Default, &device());
+        let out = shortcut.conv.forward(x.clone());
+        let half = side.div_ceil(2);
+        assert_eq!(out.dims()[2..], [half, half]);
+        let even_positions = x
+            .slice_dim(2, burn::tensor::s![0..;2])
+            .slice_dim(3, burn::tensor::s![0..;2]);
+        let expected = stride_one.forward(even_positions);
+        out.to_data()
+            .assert_approx_eq::<f32>(&expected.to_data(), Tolerance::default());
+    }
+}
+
+#[test]
+fn dropout_is_active_only_in_training() {
+    let config = XceptionConfig {
+        input_size: 71,
+        width: 0.0625,
+        middle_blocks: 1,
+        num_classes: 4,
+        dropout: 0.5,
+        ..Default::default()
+    };
+    let device = device().autodiff();
+    let model = Xception::new(&config, &device).expect("valid");
+    let channels = model.final_block.sepconv2.bn.gamma.dims()[0];
+    let features = Tensor::<4>::ones([64, channels, 2, 2], &device);
+
+    let eval = model.valid();
+    let eval_features = features.clone().without_autodiff();
+    let first = eval.classify(eval_features.clone()).into_data();
+    let second = eval.classify(eval_features).into_data();
+    assert_eq!(first, second, "evaluation is deterministic");
+
+    let trained = model.classify(features).without_autodiff().into_data();
+    assert_ne!(first, trained, "training drops features");
+}
+
+#[test]
+fn blocks_are_the_papers_fourteen_modules() {
+    let config = XceptionConfig {
+        input_size: 71,
+        width: 0.0625,
+        ..Default::default()
+    };
+    let model = Xception::new(&config, &device()).expect("valid");
+    let names: Vec<_> = block_param_counts(&model)
+        .into_iter()
+        .map(|b| b.0)
+        .collect();
+    assert_eq!(names.len(), 14);
+    assert_eq!(names.last().map(String::as_str), Some("block14"));
+    assert!(!model.entry_flow[0].relu_first);
+    assert!(model.entry_flow[1..].iter().all(|b| b.relu_first));
+    assert!(model.exit_block.relu_first);
+    let kinds = crate::architecture::plan(&XceptionConfig::default());
+    assert_eq!(kinds[0].kind, BlockKind::Stem);
+    assert_eq!(kinds[13].kind, BlockKind::Final);
+}
+
+#[test]
+fn devices_agree_on_the_same_weights() {
+    let model = small_model(XceptionConfig::default());
+    let images = random_images(2, 71, &device());
+    let expected = model.clone().valid().forward(images.clone()).into_data();
+    #[allow(deprecated)] // ndarray stays because users asked for it
+    let ndarray = Device::ndarray();
+    let moved = model.valid().to_device(&ndarray);
+    let actual = moved.forward(images.to_device(&ndarray)).into_data();
+    actual.assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-4));
+}

@@ -1,0 +1,395 @@
+//! The Xception network as a Burn module, following Keras' `applications/xception.py`.
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::nn::{
+    BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Initializer, Linear, LinearConfig,
+    PaddingConfig2d,
+};
+use burn::tensor::activation::{elu, relu};
+use burn::tensor::{Device, Tensor};
+
+use crate::architecture::{BlockKind, BlockPlan, plan};
+use crate::config::{ConfigError, MidActivation, XceptionConfig};
+
+/// Keras' BatchNormalization epsilon, which the official weights were trained with.
+pub const BN_EPSILON: f64 = 1e-3;
+/// Keras' BatchNormalization momentum 0.99 in Burn's convention (weight of the new batch).
+pub const BN_MOMENTUM: f64 = 0.01;
+
+fn batch_norm(channels: usize, device: &Device) -> BatchNorm {
+    BatchNormConfig::new(channels)
+        .with_epsilon(BN_EPSILON)
+        .with_momentum(BN_MOMENTUM)
+        .init(device)
+}
+
+/// He initialisation scaled by fan-out, as timm initialises Xception; fan-out counts one
+/// group's outputs, so depthwise kernels start at a sensible scale.
+fn conv_initializer() -> Initializer {
+    Initializer::KaimingNormal {
+        gain: std::f64::consts::SQRT_2,
+        fan_out_only: true,
+    }
+}
+
+fn conv(
+    (c_in, c_out): (usize, usize),
+    kernel: usize,
+    stride: usize,
+    groups: usize,
+    padding: PaddingConfig2d,
+    device: &Device,
+) -> Conv2d {
+    Conv2dConfig::new([c_in, c_out], [kernel, kernel])
+        .with_stride([stride, stride])
+        .with_groups(groups)
+        .with_padding(padding)
+        .with_bias(false)
+        .with_initializer(conv_initializer())
+        .init(device)
+}
+
+/// A dense convolution followed by BatchNorm (the stem convolutions, the residual branches).
+#[derive(Module, Debug)]
+pub struct ConvBn {
+    /// The convolution, without bias.
+    pub conv: Conv2d,
+    /// BatchNorm with Keras' epsilon and momentum.
+    pub bn: BatchNorm,
+}
+
+impl ConvBn {
+    fn new(
+        channels: (usize, usize),
+        kernel: usize,
+        stride: usize,
+        padding: PaddingConfig2d,
+        device: &Device,
+    ) -> Self {
+        Self {
+            conv: conv(channels, kernel, stride, 1, padding, device),
+            bn: batch_norm(channels.1, device),
+        }
+    }
+
+    /// Convolution then BatchNorm.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.bn.forward(self.conv.forward(x))
+    }
+}
+
+/// Keras' `SeparableConv2D(3x3, padding='same', use_bias=False)` followed by BatchNorm.
+#[derive(Module, Debug)]
+pub struct SepConvBn {
+    /// 3x3 depthwise convolution, one filter per input channel.
+    pub depthwise: Conv2d,
+    /// 1x1 convolution mixing channels.
+    pub pointwise: Conv2d,
+    /// BatchNorm after the pointwise convolution.
+    pub bn: BatchNorm,
+    /// Activation between depthwise and pointwise (the paper's section 4.7 ablation).
+    #[module(skip)]
+    pub mid_activation: MidActivation,
+}
+
+impl SepConvBn {
+    fn new((c_in, c_out): (usize, usize), mid_activation: MidActivation, device: &Device) -> Self {
+        Self {
+            depthwise: conv((c_in, c_in), 3, 1, c_in, PaddingConfig2d::Same, device),
+            pointwise: conv((c_in, c_out), 1, 1, 1, PaddingConfig2d::Valid, device),
+            bn: batch_norm(c_out, device),
+            mid_activation,
+        }
+    }
+
+    /// Depthwise, optional activation, pointwise, BatchNorm.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let x = self.depthwise.forward(x);
+        let x = match self.mid_activation {
+            MidActivation::None => x,
+            MidActivation::Relu => relu(x),
+            MidActivation::Elu => elu(x, 1.0),
+        };
+        self.bn.forward(self.pointwise.forward(x))
+    }
+}
+
+/// Keras' `block1`: two 3x3 convolutions with valid padding, each followed by BN and ReLU.
+#[derive(Module, Debug)]
+pub struct Stem {
+    /// 3x3 stride-2 convolution.
+    pub conv1: ConvBn,
+    /// 3x3 stride-1 convolution.
+    pub conv2: ConvBn,
+}
+
+impl Stem {
+    /// Both convolutions, each followed by ReLU.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let x = relu(self.conv1.forward(x));
+        relu(self.conv2.forward(x))
+    }
+}
+
+/// A downsampling block (Keras `block2`-`block4` and `block13`): separable convolutions, a
+/// 3x3 stride-2 max-pool, and a 1x1 stride-2 convolution on the residual branch, added after
+/// the pool.
+#[derive(Module, Debug)]
+pub struct DownsampleBlock {
+    /// Whether a ReLU precedes the first separable convolution (not in `block2`).
+    pub relu_first: bool,
+    /// First separable convolution, followed by ReLU.
+    pub sepconv1: SepConvBn,
+    /// Second separable convolution.
+    pub sepconv2: SepConvBn,
+    /// 3x3 stride-2 max-pool with TensorFlow 'same' padding.
+    pub pool: MaxPool2d,
+    /// 1x1 stride-2 convolution + BN on the shortcut; absent in the non-residual ablation.
+    pub residual: Option<ConvBn>,
+}
+
+impl DownsampleBlock {
+    /// The block's output for input `x`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let shortcut = self
+            .residual
+            .as_ref()
+            .map(|residual| residual.forward(x.clone()));
+        let x = if self.relu_first { relu(x) } else { x };
+        let x = relu(self.sepconv1.forward(x));
+        let x = self.pool.forward(self.sepconv2.forward(x));
+        match shortcut {
+            Some(shortcut) => x + shortcut,
+            None => x,
+        }
+    }
+}
+
+/// A middle-flow block: three ReLU + separable convolution + BN units and an identity shortcut.
+#[derive(Module, Debug)]
+pub struct MiddleBlock {
+    /// The three separable convolutions, each preceded by ReLU.
+    pub sepconvs: Vec<SepConvBn>,
+    /// Whether the input is added to the output.
+    pub residual: bool,
+}
+
+impl MiddleBlock {
+    /// The block's output for input `x`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let y = self
+            .sepconvs
+            .iter()
+            .fold(x.clone(), |y, sepconv| sepconv.forward(relu(y)));
+        if self.residual { y + x } else { y }
+    }
+}
+
+/// Keras' `block14`: two separable convolutions, each followed by BN and ReLU.
+#[derive(Module, Debug)]
+pub struct FinalBlock {
+    /// Separable convolution to 1536 channels (at width 1).
+    pub sepconv1: SepConvBn,
+    /// Separable convolution to 2048 channels (at width 1).
+    pub sepconv2: SepConvBn,
+}
+
+impl FinalBlock {
+    /// The block's output for input `x`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let x = relu(self.sepconv1.forward(x));
+        relu(self.sepconv2.forward(x))
+    }
+}
+
+/// The Xception network: entry flow, middle flow, exit flow, global average pooling, dropout
+/// and a linear classifier producing logits.
+#[derive(Module, Debug)]
+pub struct Xception {
+    /// Keras `block1`.
+    pub stem: Stem,
+    /// Keras `block2`-`block4`.
+    pub entry_flow: Vec<DownsampleBlock>,
+    /// Keras `block5`-`block12` (as many as `middle_blocks`).
+    pub middle_flow: Vec<MiddleBlock>,
+    /// Keras `block13`.
+    pub exit_block: DownsampleBlock,
+    /// Keras `block14`.
+    pub final_block: FinalBlock,
+    /// Dropout before the classifier, active only in training.
+    pub dropout: Dropout,
+    /// The classifier (Keras `predictions`, without the softmax).
+    pub predictions: Linear,
+}
+
+impl Xception {
+    /// Builds a freshly initialised network on `device`.
+    pub fn new(config: &XceptionConfig, device: &Device) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let mut stem = None;
+        let mut downsample = Vec::new();
+        let mut middle_flow = Vec::new();
+        let mut final_block = None;
+        let sepconv = |channels, device| SepConvBn::new(channels, config.mid_activation, device);
+        for BlockPlan {
+            kind,
+            in_channels: c_in,
+            mid_channels: c_mid,
+            out_channels: c_out,
+            ..
+        } in plan(config)
+        {
+            match kind {
+                BlockKind::Stem => {
+                    stem = Some(Stem {
+                        conv1: ConvBn::new((c_in, c_mid), 3, 2, PaddingConfig2d::Valid, device),
+                        conv2: ConvBn::new((c_mid, c_out), 3, 1, PaddingConfig2d::Valid, device),
+                    })
+                }
+                BlockKind::Downsample { relu_first } => downsample.push(DownsampleBlock {
+                    relu_first,
+                    sepconv1: sepconv((c_in, c_mid), device),
+                    sepconv2: sepconv((c_mid, c_out), device),
+                    pool: MaxPool2dConfig::new([3, 3])
+                        .with_strides([2, 2])
+                        .with_padding(PaddingConfig2d::Same)
+                        .init(),
+                    residual: config
+                        .residual
+                        .then(|| ConvBn::new((c_in, c_out), 1, 2, PaddingConfig2d::Same, device)),
+                }),
+                BlockKind::Middle => middle_flow.push(MiddleBlock {
+                    sepconvs: (0..3).map(|_| sepconv((c_in, c_out), device)).collect(),
+                    residual: config.residual,
+                }),
+                BlockKind::Final => {
+                    final_block = Some(FinalBlock {
+                        sepconv1: sepconv((c_in, c_mid), device),
+                        sepconv2: sepconv((c_mid, c_out), device),
+                    })
+                }
+            }
+        }
+        let (Some(stem), Some(exit_block), Some(final_block)) =
+            (stem, downsample.pop(), final_block)
+        else {
+            unreachable!("the plan always has a stem, an exit block and a final block")
+        };
+        let features = final_block.sepconv2.bn.gamma.dims()[0];
+        Ok(Self {
+            stem,
+            entry_flow: downsample,
+            middle_flow,
+            exit_block,
+            final_block,
+            dropout: DropoutConfig::new(config.dropout).init(),
+            predictions: LinearConfig::new(features, config.num_classes).init(device),
+        })
+    }
+
+    /// Logits `[N, num_classes]` for images `[N, 3, H, W]` scaled to `[-1, 1]`.
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        self.classify(self.forward_features(images))
+    }
+
+    /// The exit flow's feature map `[N, 2048 * width, h, w]`, before pooling.
+    pub fn forward_features(&self, images: Tensor<4>) -> Tensor<4> {
+        self.forward_features_traced(images, |_, _| {})
+    }
+
+    /// Like [`Self::forward_features`], calling `observe` with each block's Keras name
+    /// (`block1` ... `block14`) and output.
+    pub fn forward_features_traced(
+        &self,
+        images: Tensor<4>,
+        mut observe: impl FnMut(&str, &Tensor<4>),
+    ) -> Tensor<4> {
+        let mut index = 0;
+        let mut step = |x: Tensor<4>| {
+            index += 1;
+            observe(&format!("block{index}"), &x);
+            x
+        };
+        let mut x = step(self.stem.forward(images));
+        for block in &self.entry_flow {
+            x = step(block.forward(x));
+        }
+        for block in &self.middle_flow {
+            x = step(block.forward(x));
+        }
+        x = step(self.exit_block.forward(x));
+        step(self.final_block.forward(x))
+    }
+
+    /// Global average pooling, dropout and the classifier.
+    pub fn classify(&self, features: Tensor<4>) -> Tensor<2> {
+        let pooled: Tensor<2> = features.mean_dims(&[2, 3]).flatten(1, 3);
+        self.predictions.forward(self.dropout.forward(pooled))
+    }
+
+    /// Parameter counts of this module, split as Keras splits them.
+    pub fn param_counts(&self) -> ParamCounts {
+        let mut counter = ParamCounter::default();
+        self.visit(&mut counter);
+        counter.counts
+    }
+}
+
+/// Trainable and non-trainable parameter counts of a module.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ParamCounts {
+    /// Weights, biases and BatchNorm scale and shift.
+    pub trainable: u64,
+    /// BatchNorm running mean and variance.
+    pub non_trainable: u64,
+}
+
+#[derive(Default)]
+struct ParamCounter {
+    field: Vec<String>,
+    counts: ParamCounts,
+}
+
+impl ModuleVisitor for ParamCounter {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.field.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.field.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let elements = param.lazy_shape().num_elements() as u64;
+        match self.field.last().map(String::as_str) {
+            Some("running_mean" | "running_var") => self.counts.non_trainable += elements,
+            _ => self.counts.trainable += elements,
+        }
+    }
+}
+
+/// Parameter counts of every top-level block of `model`, keyed by Keras block name; used to
+/// check the analytic summary against the real module.
+pub fn block_param_counts(model: &Xception) -> Vec<(String, ParamCounts)> {
+    let count = |module: &dyn Fn(&mut ParamCounter)| {
+        let mut counter = ParamCounter::default();
+        module(&mut counter);
+        counter.counts
+    };
+    let mut blocks = vec![count(&|c| model.stem.visit(c))];
+    for block in &model.entry_flow {
+        blocks.push(count(&|c| block.visit(c)));
+    }
+    for block in &model.middle_flow {
+        blocks.push(count(&|c| block.visit(c)));
+    }
+    blocks.push(count(&|c| model.exit_block.visit(c)));
+    blocks.push(count(&|c| model.final_block.visit(c)));
+    blocks
+        .into_iter()
+        .enumerate()
+        .map(|(i, counts)| (format!("block{}", i + 1), counts))
+        .collect()
+}
