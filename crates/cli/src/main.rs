@@ -1,13 +1,18 @@
 //! The `xception` command line: a thin layer that parses arguments and calls the library
 //! crates.
 
+mod bench;
+mod data;
 mod device;
 mod info;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+use xception_data::synth::SynthOptions;
+use xception_data::{Layout, Split};
 
 use crate::device::DeviceChoice;
 
@@ -32,18 +37,170 @@ enum Command {
         #[arg(long, value_enum, default_value_t = DeviceChoice::Flex)]
         device: DeviceChoice,
     },
+    /// Datasets: generate a synthetic one, or check one file by file.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+    /// Measure throughput and write the results (JSON) to a file.
+    Bench {
+        /// JPEGs to run the data pipeline on (default: 256 generated 500x375 photo-like JPEGs).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Keep the generated photos here, so another tool can read the same files.
+        #[arg(long, conflicts_with = "data_dir")]
+        photos_out: Option<PathBuf>,
+        /// Number of photos to generate.
+        #[arg(long, default_value_t = 256)]
+        photos: usize,
+        /// Worker thread counts to measure, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = [1, 2])]
+        threads: Vec<usize>,
+        /// Output side in pixels.
+        #[arg(long, default_value_t = 299)]
+        size: u32,
+        /// Timed passes per measurement (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        /// Write the results here as JSON.
+        #[arg(long, default_value = "bench-results.json")]
+        out: PathBuf,
+        /// Print JSON instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
+#[derive(Clone, Copy, ValueEnum)]
+enum SplitChoice {
+    Train,
+    Val,
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Write a learnable synthetic dataset of JPEGs in the ImageNet folder layout.
+    Synth {
+        /// The folder to create (must not hold train/ or val/ yet).
+        #[arg(long)]
+        out: PathBuf,
+        /// Number of classes.
+        #[arg(long, default_value_t = 10)]
+        classes: usize,
+        /// Training images per class.
+        #[arg(long, default_value_t = 100)]
+        train_per_class: usize,
+        /// Validation images per class.
+        #[arg(long, default_value_t = 20)]
+        val_per_class: usize,
+        /// Typical image side in pixels (each image varies from 0.8x to 1.25x).
+        #[arg(long, default_value_t = 96)]
+        size: u32,
+        /// Seed of everything random.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Index a dataset, decode every file, report class counts, sizes and bad files.
+    Check {
+        /// The dataset folder.
+        dir: PathBuf,
+        /// auto, folders, devkit, kaggle or split.
+        #[arg(long, default_value = "auto")]
+        layout: Layout,
+        /// Only this split (default: every split present).
+        #[arg(long, value_enum)]
+        split: Option<SplitChoice>,
+        /// Print machine-readable JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
         Command::Info {
             config,
             json,
             device,
         } => info::run(config.as_deref(), json, device),
-    };
-    match result {
+        Command::Data {
+            command:
+                DataCommand::Synth {
+                    out,
+                    classes,
+                    train_per_class,
+                    val_per_class,
+                    size,
+                    seed,
+                },
+        } => data::synth(
+            &out,
+            &SynthOptions {
+                classes,
+                train_per_class,
+                val_per_class,
+                size,
+                seed,
+            },
+        ),
+        Command::Data {
+            command:
+                DataCommand::Check {
+                    dir,
+                    layout,
+                    split,
+                    json,
+                },
+        } => {
+            let split = split.map(|s| match s {
+                SplitChoice::Train => Split::Train,
+                SplitChoice::Val => Split::Val,
+            });
+            data::run_check(&dir, layout, split, json)
+        }
+        Command::Bench {
+            data_dir,
+            photos_out,
+            photos,
+            threads,
+            size,
+            repeats,
+            out,
+            json,
+        } => {
+            let report = bench::pipeline(&bench::PipelineBench {
+                dir: data_dir.as_deref(),
+                photos_out: photos_out.as_deref(),
+                photos,
+                threads: &threads,
+                size,
+                repeats,
+            })?;
+            let text = serde_json::to_string_pretty(&report)?;
+            std::fs::write(&out, &text)
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
+            if json {
+                println!("{text}");
+            } else {
+                println!(
+                    "{} ({} files in {})",
+                    report.pipeline, report.files, report.dir
+                );
+                for result in &report.results {
+                    println!(
+                        "  {} thread(s): {:.1} images/s",
+                        result.threads, result.images_per_second
+                    );
+                }
+                println!("results written to {}", out.display());
+            }
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");

@@ -113,3 +113,127 @@ fn an_unknown_device_lists_the_choices() {
         assert!(message.contains(device), "{message}");
     }
 }
+
+fn synth(out: &Path) {
+    let out = out.display().to_string();
+    let args = [
+        "data",
+        "synth",
+        "--out",
+        &out,
+        "--classes",
+        "3",
+        "--train-per-class",
+        "4",
+        "--val-per-class",
+        "2",
+        "--size",
+        "32",
+    ];
+    let output = xception(&args);
+    assert!(output.status.success(), "{}", stderr(&output));
+}
+
+#[test]
+fn data_synth_writes_a_dataset_and_refuses_to_overwrite_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path().join("synth");
+    synth(&root);
+    assert!(root.join("train/002-blue-triangle/00003.jpg").is_file());
+    assert!(root.join("val/000-red-disc/00001.jpg").is_file());
+    let root_arg = root.display().to_string();
+    let again = xception(&["data", "synth", "--out", &root_arg]);
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("already exists"),
+        "{}",
+        stderr(&again)
+    );
+}
+
+#[test]
+fn data_check_reports_counts_sizes_and_bad_files() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path().join("synth");
+    synth(&root);
+    let bad = root.join("train/001-green-square/00002.jpg");
+    std::fs::write(&bad, b"").expect("break a file");
+    let root_arg = root.display().to_string();
+
+    let reports = json(&xception(&["data", "check", &root_arg, "--json"]));
+    let reports = reports.as_array().expect("one report per split");
+    assert_eq!(reports.len(), 2);
+    assert_eq!(reports[0]["split"], "train");
+    assert_eq!(reports[0]["files"], 12);
+    assert_eq!(reports[0]["readable"], 11);
+    assert_eq!(reports[1]["readable"], 6);
+    let bad_files = reports[0]["bad_files"].as_array().expect("bad files");
+    assert_eq!(bad_files.len(), 1);
+    assert_eq!(bad_files[0]["reason"], "empty file");
+
+    let output = xception(&["data", "check", &root_arg, "--split", "train"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(text.contains("00002.jpg: empty file"), "{text}");
+    assert!(text.contains("11 readable"), "{text}");
+}
+
+#[test]
+fn data_check_fails_on_an_unusable_dataset() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let class = dir.path().join("train/a");
+    std::fs::create_dir_all(&class).expect("mkdir");
+    std::fs::write(class.join("x.jpg"), b"not a jpeg").expect("write");
+    let root = dir.path().display().to_string();
+    let output = xception(&["data", "check", &root]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("no readable image"),
+        "{}",
+        stderr(&output)
+    );
+
+    let missing = xception(&["data", "check", "no/such/dataset"]);
+    assert!(!missing.status.success());
+    assert!(
+        stderr(&missing).contains("no/such/dataset"),
+        "{}",
+        stderr(&missing)
+    );
+}
+
+#[test]
+fn bench_measures_the_data_pipeline_and_writes_json() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("bench.json");
+    let photos = dir.path().join("photos");
+    let out_arg = out.display().to_string();
+    let photos_arg = photos.display().to_string();
+    let output = xception(&[
+        "bench",
+        "--photos",
+        "6",
+        "--photos-out",
+        &photos_arg,
+        "--threads",
+        "1,2",
+        "--size",
+        "64",
+        "--repeats",
+        "1",
+        "--out",
+        &out_arg,
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).expect("written")).expect("JSON");
+    assert_eq!(report["files"], 6);
+    let results = report["results"].as_array().expect("results");
+    assert_eq!(results.len(), 2);
+    assert!(
+        results
+            .iter()
+            .all(|r| r["images_per_second"].as_f64() > Some(0.0))
+    );
+    assert_eq!(std::fs::read_dir(&photos).expect("photos kept").count(), 6);
+}

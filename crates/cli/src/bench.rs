@@ -1,0 +1,144 @@
+//! `xception bench`: throughput measurements, written to a file for docs/benchmarks.md.
+//!
+//! For now it measures the data pipeline (decode, random resized crop, flip, normalise,
+//! batch) on photo-like JPEGs, with 1 and 2 worker threads.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use xception_data::synth::generate_photos;
+use xception_data::{ClassInfo, Dataset, Loader, LoaderConfig, RandomResizedCrop, Transform};
+
+/// What to measure.
+pub struct PipelineBench<'a> {
+    /// JPEGs to read; generated when absent.
+    pub dir: Option<&'a Path>,
+    /// Where to keep generated photos (so another tool can read the same files).
+    pub photos_out: Option<&'a Path>,
+    /// Number of photos to generate.
+    pub photos: usize,
+    /// Worker thread counts to measure.
+    pub threads: &'a [usize],
+    /// Output side.
+    pub size: u32,
+    /// Timed passes over the files per thread count (the median is reported).
+    pub repeats: usize,
+}
+
+/// One measurement.
+#[derive(Debug, Serialize)]
+pub struct PipelineResult {
+    /// Worker threads.
+    pub threads: usize,
+    /// Median images per second over the timed passes.
+    pub images_per_second: f64,
+    /// Every timed pass, images per second.
+    pub passes: Vec<f64>,
+}
+
+/// All measurements of one run.
+#[derive(Debug, Serialize)]
+pub struct PipelineReport {
+    /// What was measured.
+    pub pipeline: String,
+    /// Files read.
+    pub files: usize,
+    /// Where they are.
+    pub dir: String,
+    /// Mean file size in bytes.
+    pub mean_file_bytes: u64,
+    /// Measurements per thread count.
+    pub results: Vec<PipelineResult>,
+}
+
+fn jpegs_in(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.is_file())
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!("{} holds no files to benchmark with", dir.display());
+    }
+    Ok(files)
+}
+
+/// Runs the data pipeline benchmark.
+pub fn pipeline(options: &PipelineBench) -> Result<PipelineReport> {
+    let temporary;
+    let files = match (options.dir, options.photos_out) {
+        (Some(dir), _) => jpegs_in(dir)?,
+        (None, Some(out)) => generate_photos(out, options.photos, (500, 375), 0)?,
+        (None, None) => {
+            temporary = tempfile::tempdir()?;
+            generate_photos(temporary.path(), options.photos, (500, 375), 0)?
+        }
+    };
+    let dir = files
+        .first()
+        .and_then(|f| f.parent())
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let bytes: u64 = files
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum();
+    let classes = vec![ClassInfo {
+        id: "photos".into(),
+        name: "photos".into(),
+    }];
+    let count = files.len();
+    let dataset = Arc::new(Dataset::from_files(
+        classes,
+        files.into_iter().map(|f| (f, 0)).collect(),
+    ));
+    let mut results = Vec::new();
+    for &threads in options.threads {
+        let loader = Loader::new(
+            Arc::clone(&dataset),
+            LoaderConfig {
+                batch_size: 32,
+                workers: threads,
+                prefetch: 2 * threads,
+                seed: 0,
+                shuffle: true,
+                drop_last: false,
+                transform: Transform::Train {
+                    size: options.size,
+                    crop: RandomResizedCrop::default(),
+                },
+            },
+        )?;
+        // One untimed pass warms the page cache and the allocator.
+        let _ = loader.epoch(0, 0).count();
+        let mut passes = Vec::new();
+        for epoch in 1..=options.repeats.max(1) as u64 {
+            let started = Instant::now();
+            let images: usize = loader.epoch(epoch, 0).map(|b| b.len()).sum();
+            passes.push(images as f64 / started.elapsed().as_secs_f64());
+        }
+        let mut sorted = passes.clone();
+        sorted.sort_by(f64::total_cmp);
+        results.push(PipelineResult {
+            threads,
+            images_per_second: sorted[sorted.len() / 2],
+            passes,
+        });
+    }
+    Ok(PipelineReport {
+        pipeline: format!(
+            "read + decode + random resized crop (area 0.05-1) + flip + normalise to {0}x{0}, \
+             batches of 32",
+            options.size
+        ),
+        files: count,
+        dir,
+        mean_file_bytes: bytes / count.max(1) as u64,
+        results,
+    })
+}

@@ -1,0 +1,199 @@
+//! The loader on a generated dataset with deliberately broken files.
+
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+
+use burn::tensor::Device;
+use xception_data::synth::{SynthOptions, generate};
+use xception_data::{
+    Dataset, DatasetOptions, HostBatch, Loader, LoaderConfig, RandomResizedCrop, Split, Transform,
+    check, open,
+};
+
+fn synth(root: &Path) {
+    let options = SynthOptions {
+        classes: 3,
+        train_per_class: 9,
+        val_per_class: 3,
+        size: 24,
+        seed: 11,
+    };
+    generate(root, &options).expect("generates");
+}
+
+/// Breaks a few files the way real datasets are broken.
+fn break_files(root: &Path) -> Vec<&'static str> {
+    let broken = [
+        "train/000-red-disc/00000.jpg",
+        "train/001-green-square/00001.jpg",
+        "train/002-blue-triangle/00002.jpg",
+    ];
+    fs::write(root.join(broken[0]), b"").expect("empty file");
+    let path = root.join(broken[1]);
+    let bytes = fs::read(&path).expect("read");
+    fs::write(&path, &bytes[..bytes.len() / 4]).expect("truncate");
+    fs::write(root.join(broken[2]), b"<html>not an image</html>").expect("text");
+    // A PNG named .jpg, as ImageNet has one: readable, not broken.
+    let png = root.join("train/000-red-disc/00003.jpg");
+    image::open(&png)
+        .expect("decodes")
+        .save_with_format(&png, image::ImageFormat::Png)
+        .expect("re-encode as PNG");
+    broken.to_vec()
+}
+
+fn train_config(workers: usize) -> LoaderConfig {
+    LoaderConfig {
+        batch_size: 4,
+        workers,
+        prefetch: 2,
+        seed: 42,
+        shuffle: true,
+        drop_last: true,
+        transform: Transform::Train {
+            size: 20,
+            crop: RandomResizedCrop::default(),
+        },
+    }
+}
+
+fn dataset(root: &Path, split: Split) -> Arc<Dataset> {
+    Arc::new(open(root, split, &DatasetOptions::default()).expect("opens"))
+}
+
+/// What two batches must agree on (their position counts from where the iteration began).
+fn content(batch: &HostBatch) -> (Vec<f32>, Vec<i64>, Vec<usize>, usize) {
+    (
+        batch.images.clone(),
+        batch.labels.clone(),
+        batch.samples.clone(),
+        batch.skipped.len(),
+    )
+}
+
+#[test]
+fn batches_do_not_depend_on_the_number_of_workers() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    synth(dir.path());
+    break_files(dir.path());
+    let data = dataset(dir.path(), Split::Train);
+    let one = Loader::new(Arc::clone(&data), train_config(1)).expect("loader");
+    let four = Loader::new(data, train_config(4)).expect("loader");
+    for epoch in 0..2 {
+        let a: Vec<_> = one.epoch(epoch, 0).map(|b| content(&b)).collect();
+        let b: Vec<_> = four.epoch(epoch, 0).map(|b| content(&b)).collect();
+        assert_eq!(
+            a.len(),
+            6,
+            "27 files / 4 per batch, last partial batch dropped"
+        );
+        assert_eq!(a, b, "epoch {epoch}");
+    }
+    let first: Vec<_> = one.epoch(0, 0).map(|b| b.samples).collect();
+    let second: Vec<_> = one.epoch(1, 0).map(|b| b.samples).collect();
+    assert_ne!(first, second, "each epoch has its own order");
+}
+
+#[test]
+fn starting_at_an_offset_continues_the_uninterrupted_epoch() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    synth(dir.path());
+    let loader = Loader::new(dataset(dir.path(), Split::Train), train_config(2)).expect("loader");
+    let whole: Vec<_> = loader.epoch(3, 0).map(|b| content(&b)).collect();
+    let resumed: Vec<_> = loader.epoch(3, 8).map(|b| content(&b)).collect();
+    assert_eq!(resumed.len(), whole.len() - 2);
+    assert_eq!(resumed[..], whole[2..]);
+    // Stopping early and starting again loses nothing either.
+    let mut partial = loader.epoch(3, 0);
+    let head: Vec<_> = partial.by_ref().take(1).map(|b| content(&b)).collect();
+    drop(partial);
+    assert_eq!(head[..], whole[..1]);
+}
+
+#[test]
+fn bad_files_are_skipped_counted_and_reported() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    synth(dir.path());
+    let broken = break_files(dir.path());
+    let config = LoaderConfig {
+        shuffle: false,
+        drop_last: false,
+        transform: Transform::Eval {
+            size: 16,
+            crop_pct: 0.875,
+        },
+        ..train_config(2)
+    };
+    let data = dataset(dir.path(), Split::Train);
+    let loader = Loader::new(Arc::clone(&data), config).expect("loader");
+    let batches: Vec<HostBatch> = loader.epoch(0, 0).collect();
+    assert_eq!(batches.len(), 7, "evaluation keeps the last partial batch");
+    let images: usize = batches.iter().map(HostBatch::len).sum();
+    let skipped: Vec<_> = batches.iter().flat_map(|b| b.skipped.clone()).collect();
+    assert_eq!(images + skipped.len(), data.len());
+    assert_eq!(skipped.len(), broken.len());
+    for (bad, name) in skipped.iter().zip(&broken) {
+        assert!(bad.path.ends_with(name), "{bad:?}");
+        assert!(!bad.reason.is_empty());
+    }
+    assert_eq!(skipped[0].reason, "empty file");
+    for batch in &batches {
+        assert_eq!(batch.images.len(), batch.len() * 3 * 16 * 16);
+        assert!(batch.images.iter().all(|v| (-1.0..=1.0).contains(v)));
+    }
+
+    let report = check(&data, &|_, _| {});
+    assert_eq!(report.files, 27);
+    assert_eq!(report.readable, 24);
+    assert_eq!(report.bad_files.len(), 3);
+    assert_eq!(report.problem(), None);
+    let width = report.width.expect("stats");
+    assert!(width.min >= 19 && width.max <= 30, "{width:?}");
+}
+
+#[test]
+fn a_dataset_without_readable_images_is_reported_unusable() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for i in 0..3 {
+        let path = dir.path().join(format!("train/a/{i}.jpg"));
+        fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        fs::write(&path, b"garbage").expect("write");
+    }
+    let data = dataset(dir.path(), Split::Train);
+    let report = check(&data, &|_, _| {});
+    assert!(
+        report
+            .problem()
+            .is_some_and(|p| p.contains("no readable image"))
+    );
+}
+
+#[test]
+fn batches_reach_the_device_as_tensors() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    synth(dir.path());
+    let loader = Loader::new(dataset(dir.path(), Split::Val), train_config(1)).expect("loader");
+    let batch = loader.epoch(0, 0).next().expect("a batch");
+    let (images, labels) = batch.to_device(&Device::flex());
+    assert_eq!(images.dims(), [4, 3, 20, 20]);
+    assert_eq!(labels.dims(), [4]);
+    let values = labels
+        .into_data()
+        .convert::<i64>()
+        .try_to_vec::<i64>()
+        .expect("int labels");
+    assert_eq!(values, batch.labels);
+}
+
+#[test]
+fn invalid_settings_name_the_field() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    synth(dir.path());
+    let config = LoaderConfig {
+        batch_size: 0,
+        ..train_config(1)
+    };
+    let error = Loader::new(dataset(dir.path(), Split::Val), config).expect_err("zero batch");
+    assert!(error.to_string().contains("data.batch_size"), "{error}");
+}
