@@ -223,48 +223,57 @@ pub fn resize_into(
     let pixels = image.as_raw();
     let stride = width * 3;
 
-    // Horizontal pass over only the rows the vertical pass reads: [rows, out_w, 3].
-    let mut horizontal = vec![0f32; (row_max - row_min) * out_w * 3];
-    for (r, y) in (row_min..row_max).enumerate() {
-        let line = &pixels[y * stride..(y + 1) * stride];
-        let dst = &mut horizontal[r * out_w * 3..(r + 1) * out_w * 3];
-        for (i, tap) in columns.iter().enumerate() {
-            let (mut red, mut green, mut blue) = (0f32, 0f32, 0f32);
-            let src = &line[tap.start * 3..(tap.start + tap.weights.len()) * 3];
-            for (px, &w) in src.chunks_exact(3).zip(&tap.weights) {
-                red += f32::from(px[0]) * w;
-                green += f32::from(px[1]) * w;
-                blue += f32::from(px[2]) * w;
+    // Both passes reuse per-thread buffers: a fresh megabyte per image costs page faults.
+    SCRATCH.with_borrow_mut(|(horizontal, accumulator)| {
+        // Horizontal pass over only the rows the vertical pass reads: [rows, out_w, 3].
+        horizontal.clear();
+        horizontal.resize((row_max - row_min) * out_w * 3, 0.0);
+        for (r, y) in (row_min..row_max).enumerate() {
+            let line = &pixels[y * stride..(y + 1) * stride];
+            let dst = &mut horizontal[r * out_w * 3..(r + 1) * out_w * 3];
+            for (i, tap) in columns.iter().enumerate() {
+                let (mut red, mut green, mut blue) = (0f32, 0f32, 0f32);
+                let src = &line[tap.start * 3..(tap.start + tap.weights.len()) * 3];
+                for (px, &w) in src.chunks_exact(3).zip(&tap.weights) {
+                    red += f32::from(px[0]) * w;
+                    green += f32::from(px[1]) * w;
+                    blue += f32::from(px[2]) * w;
+                }
+                dst[i * 3] = red;
+                dst[i * 3 + 1] = green;
+                dst[i * 3 + 2] = blue;
             }
-            dst[i * 3] = red;
-            dst[i * 3 + 1] = green;
-            dst[i * 3 + 2] = blue;
         }
-    }
 
-    // Vertical pass, normalisation and flip, into planar output.
-    let plane = out_w * out_h;
-    let (red_plane, rest) = out.split_at_mut(plane);
-    let (green_plane, blue_plane) = rest.split_at_mut(plane);
-    let mut accumulator = vec![0f32; out_w * 3];
-    for (j, tap) in rows.iter().enumerate() {
-        accumulator.iter_mut().for_each(|a| *a = 0.0);
-        for (k, &w) in tap.weights.iter().enumerate() {
-            let r = tap.start + k - row_min;
-            let src = &horizontal[r * out_w * 3..(r + 1) * out_w * 3];
-            for (a, &s) in accumulator.iter_mut().zip(src) {
-                *a += s * w;
+        // Vertical pass, normalisation and flip, into planar output.
+        let plane = out_w * out_h;
+        let (red_plane, rest) = out.split_at_mut(plane);
+        let (green_plane, blue_plane) = rest.split_at_mut(plane);
+        accumulator.resize(out_w * 3, 0.0);
+        for (j, tap) in rows.iter().enumerate() {
+            accumulator.fill(0.0);
+            for (k, &w) in tap.weights.iter().enumerate() {
+                let r = tap.start + k - row_min;
+                let src = &horizontal[r * out_w * 3..(r + 1) * out_w * 3];
+                for (a, &s) in accumulator.iter_mut().zip(src) {
+                    *a += s * w;
+                }
+            }
+            let row = j * out_w;
+            for i in 0..out_w {
+                let x = if flip { out_w - 1 - i } else { i };
+                let a = &accumulator[i * 3..i * 3 + 3];
+                red_plane[row + x] = a[0] / 127.5 - 1.0;
+                green_plane[row + x] = a[1] / 127.5 - 1.0;
+                blue_plane[row + x] = a[2] / 127.5 - 1.0;
             }
         }
-        let row = j * out_w;
-        for i in 0..out_w {
-            let x = if flip { out_w - 1 - i } else { i };
-            let a = &accumulator[i * 3..i * 3 + 3];
-            red_plane[row + x] = a[0] / 127.5 - 1.0;
-            green_plane[row + x] = a[1] / 127.5 - 1.0;
-            blue_plane[row + x] = a[2] / 127.5 - 1.0;
-        }
-    }
+    });
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
 #[cfg(test)]
