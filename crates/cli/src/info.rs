@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
-use xception_model::{Summary, Xception, XceptionConfig};
+use xception_model::{LayerSummary, Summary, Xception, XceptionConfig};
 
 use crate::device::DeviceChoice;
 
@@ -74,6 +74,19 @@ pub fn grouped(n: u64) -> String {
     out
 }
 
+fn layer_row(out: &mut String, layer: &LayerSummary) {
+    use std::fmt::Write;
+    let _ = writeln!(
+        out,
+        "  {:<18} {:<34} {:>14} {:>12} {:>16}",
+        layer.name,
+        layer.op,
+        shape(&layer.output),
+        grouped(layer.params),
+        grouped(layer.macs)
+    );
+}
+
 /// The human-readable table.
 pub fn render(summary: &Summary) -> String {
     use std::fmt::Write;
@@ -108,28 +121,12 @@ pub fn render(summary: &Summary) -> String {
             grouped(block.macs)
         );
         while let Some(layer) = layers.next_if(|l| l.block == block.plan.name) {
-            let _ = writeln!(
-                out,
-                "  {:<18} {:<34} {:>14} {:>12} {:>16}",
-                layer.name,
-                layer.op,
-                shape(&layer.output),
-                grouped(layer.params),
-                grouped(layer.macs)
-            );
+            layer_row(&mut out, layer);
         }
     }
     let _ = writeln!(out, "head");
     for layer in layers {
-        let _ = writeln!(
-            out,
-            "  {:<18} {:<34} {:>14} {:>12} {:>16}",
-            layer.name,
-            layer.op,
-            shape(&layer.output),
-            grouped(layer.params),
-            grouped(layer.macs)
-        );
+        layer_row(&mut out, layer);
     }
     let _ = writeln!(out);
     let _ = writeln!(

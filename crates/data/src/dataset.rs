@@ -314,28 +314,17 @@ fn is_hidden(name: &str) -> bool {
     name.starts_with('.')
 }
 
-/// Sorted names of the subfolders of `dir`.
-fn class_folders(dir: &Path) -> Result<Vec<String>, DataError> {
-    let mut folders = Vec::new();
-    for entry in fs::read_dir(dir).map_err(io_error(dir))? {
-        let entry = entry.map_err(io_error(dir))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if is_hidden(&name) {
-            continue;
-        }
-        let file_type = entry.file_type().map_err(io_error(entry.path()))?;
-        let is_dir = file_type.is_dir() || (file_type.is_symlink() && entry.path().is_dir());
-        if is_dir {
-            folders.push(name);
-        }
-    }
-    folders.sort();
-    Ok(folders)
+/// What [`list`] returns.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Entries {
+    Folders,
+    Files,
 }
 
-/// Sorted names of the regular files of `dir` (listing only; symlinks are followed).
-fn files_in(dir: &Path) -> Result<Vec<String>, DataError> {
-    let mut files = Vec::new();
+/// Sorted names of the folders or regular files of `dir`, hidden ones left out. Listing
+/// only: the entry type comes with the listing, and only symlinks are followed.
+fn list(dir: &Path, wanted: Entries) -> Result<Vec<String>, DataError> {
+    let mut names = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_error(dir))? {
         let entry = entry.map_err(io_error(dir))?;
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -343,12 +332,30 @@ fn files_in(dir: &Path) -> Result<Vec<String>, DataError> {
             continue;
         }
         let file_type = entry.file_type().map_err(io_error(entry.path()))?;
-        if file_type.is_file() || (file_type.is_symlink() && entry.path().is_file()) {
-            files.push(name);
+        let kind = if file_type.is_symlink() {
+            let target = entry.path();
+            (target.is_dir(), target.is_file())
+        } else {
+            (file_type.is_dir(), file_type.is_file())
+        };
+        let keep = match wanted {
+            Entries::Folders => kind.0,
+            Entries::Files => kind.1,
+        };
+        if keep {
+            names.push(name);
         }
     }
-    files.sort();
-    Ok(files)
+    names.sort();
+    Ok(names)
+}
+
+fn class_folders(dir: &Path) -> Result<Vec<String>, DataError> {
+    list(dir, Entries::Folders)
+}
+
+fn files_in(dir: &Path) -> Result<Vec<String>, DataError> {
+    list(dir, Entries::Files)
 }
 
 fn class_infos(ids: &[String], names: Option<&HashMap<String, String>>) -> Vec<ClassInfo> {
