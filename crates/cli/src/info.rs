@@ -2,30 +2,16 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
-use serde::Deserialize;
+use anyhow::{Result, bail};
 use xception_model::{LayerSummary, Summary, Xception, XceptionConfig};
+use xception_train::TrainConfig;
 
 use crate::device::DeviceChoice;
 
-/// The part of a config file `info` reads; the other sections belong to training.
-#[derive(Deserialize)]
-struct ModelSection {
-    #[serde(default)]
-    model: XceptionConfig,
-}
-
-/// Reads the `[model]` table of a TOML config (the paper's model when the table is absent).
+/// The `[model]` table of a training config (the paper's model when the table is absent);
+/// the whole file is checked, so a typo in any section is reported.
 pub fn load_model_config(path: &Path) -> Result<XceptionConfig> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read config file {}", path.display()))?;
-    let section: ModelSection =
-        toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))?;
-    section
-        .model
-        .validate()
-        .with_context(|| format!("invalid config file {}", path.display()))?;
-    Ok(section.model)
+    Ok(TrainConfig::load(path, &[])?.model)
 }
 
 /// Prints the summary of `config`, after checking it against the module built on `device`.

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::classes::{class_index_of_ilsvrc2012_id, imagenet_class, imagenet_classes};
 use crate::error::{DataError, io_error};
@@ -25,7 +25,7 @@ pub enum Split {
 }
 
 /// How the images of a folder are labelled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Layout {
     /// Decide by looking at the folder: `train/` and `val/` subfolders, a flat validation

@@ -46,17 +46,16 @@ pub enum Decay {
     },
 }
 
-/// A learning-rate schedule: linear warm-up, then a decay.
+/// A learning-rate schedule: linear warm-up, then a decay. Fields left out of a config keep
+/// the paper's ImageNet values.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Schedule {
     /// The rate after warm-up (0.045 for the paper's ImageNet SGD).
     pub lr: f64,
     /// Linear warm-up from `warmup_start_lr` to `lr`; none when absent.
-    #[serde(default)]
     pub warmup: Option<Interval>,
     /// Rate at the first sample of warm-up.
-    #[serde(default)]
     pub warmup_start_lr: f64,
     /// The decay after (and counted from the start of training, as TensorFlow's
     /// `exponential_decay` counts, so warm-up does not shift the staircase).
@@ -74,6 +73,12 @@ pub enum ScheduleError {
         /// What was expected.
         reason: String,
     },
+}
+
+impl Default for Schedule {
+    fn default() -> Self {
+        Self::paper_imagenet()
+    }
 }
 
 fn invalid(field: &'static str, reason: String) -> Result<(), ScheduleError> {
