@@ -598,3 +598,66 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod preset_tests {
+    use super::*;
+    use crate::schedule::{Decay, Interval};
+
+    fn preset(name: &str) -> TrainConfig {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../configs")
+            .join(name);
+        TrainConfig::load(&path, &[]).unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    #[test]
+    fn every_preset_in_configs_parses() {
+        let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let mut count = 0;
+        for entry in std::fs::read_dir(&folder).expect("configs/") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                TrainConfig::load(&path, &[]).unwrap_or_else(|e| panic!("{e}"));
+                count += 1;
+            }
+        }
+        assert!(count >= 2);
+    }
+
+    #[test]
+    fn paper_imagenet_is_the_papers_recipe() {
+        let config = preset("paper-imagenet.toml");
+        assert_eq!(config.model, XceptionConfig::default());
+        assert_eq!(config.schedule, Schedule::paper_imagenet());
+        assert_eq!(
+            config.optimizer,
+            OptimizerConfig::Sgd {
+                momentum: 0.9,
+                dampening: 0.0,
+                nesterov: false,
+                weight_decay: 1e-5,
+                decay_norm_and_bias: false,
+            }
+        );
+        assert_eq!(config.training.ema_decay, Some(0.9999));
+        assert_eq!(config.data.eval_crop_pct, 0.875);
+    }
+
+    #[test]
+    fn paper_jft_is_rmsprop_without_dropout() {
+        let config = preset("paper-jft-rmsprop.toml");
+        assert_eq!(config.model.dropout, 0.0);
+        assert!(
+            matches!(config.optimizer, OptimizerConfig::Rmsprop { momentum, .. } if momentum == 0.9)
+        );
+        assert_eq!(config.schedule.lr, 0.001);
+        assert_eq!(
+            config.schedule.decay,
+            Decay::Staircase {
+                rate: 0.9,
+                every: Interval::Samples(3_000_000),
+            }
+        );
+    }
+}
