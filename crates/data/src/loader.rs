@@ -326,15 +326,11 @@ impl Iterator for EpochIter {
 
 impl Drop for EpochIter {
     fn drop(&mut self) {
-        // Closing the job channel stops the workers; draining results unblocks any of them
-        // waiting to deliver.
+        // Closing both channels stops the workers: idle ones see no more jobs, busy ones
+        // fail to deliver their batch and return.
         self.jobs = None;
-        while self.results.try_recv().is_ok() {}
+        drop(std::mem::replace(&mut self.results, sync_channel(0).1));
         for worker in self.workers.drain(..) {
-            while !worker.is_finished() {
-                while self.results.try_recv().is_ok() {}
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
             let _ = worker.join();
         }
     }
