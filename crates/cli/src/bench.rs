@@ -142,3 +142,72 @@ pub fn pipeline(options: &PipelineBench) -> Result<PipelineReport> {
         results,
     })
 }
+
+/// One model measurement.
+#[derive(Debug, Serialize)]
+pub struct ModelResult {
+    /// The device measured.
+    pub device: String,
+    /// Images per forward pass.
+    pub batch: usize,
+    /// Input side.
+    pub size: usize,
+    /// Median images per second of the timed passes.
+    pub images_per_second: f64,
+    /// Every timed pass, seconds.
+    pub seconds: Vec<f64>,
+}
+
+/// Times inference (forward pass, evaluation mode) of the paper's model at `size` on
+/// `device`: `warmup` untimed passes (autotuning and compilation happen there), then
+/// `repeats` timed ones, each ended by reading the logits back.
+pub fn inference(
+    device: crate::device::DeviceChoice,
+    batch: usize,
+    size: usize,
+    warmup: usize,
+    repeats: usize,
+) -> Result<ModelResult> {
+    use burn::module::Module;
+    use burn::tensor::{Distribution, Tensor};
+    use xception_model::{Xception, XceptionConfig};
+
+    let burn_device = device.device();
+    let config = XceptionConfig {
+        input_size: size,
+        ..XceptionConfig::default()
+    };
+    let model = Xception::new(&config, &burn_device)?.valid();
+    let images = Tensor::<4>::random(
+        [batch, 3, size, size],
+        Distribution::Uniform(-1.0, 1.0),
+        &burn_device,
+    );
+    let run = || -> Result<f64> {
+        let started = Instant::now();
+        let logits = model.forward(images.clone()).into_data();
+        let values = logits
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("cannot read the logits back: {e:?}"))?;
+        if !values.iter().all(|v| v.is_finite()) {
+            bail!("the forward pass on {device} produced non-finite logits");
+        }
+        Ok(started.elapsed().as_secs_f64())
+    };
+    for _ in 0..warmup {
+        run()?;
+    }
+    let seconds = (0..repeats.max(1))
+        .map(|_| run())
+        .collect::<Result<Vec<_>>>()?;
+    let mut sorted = seconds.clone();
+    sorted.sort_by(f64::total_cmp);
+    Ok(ModelResult {
+        device: device.to_string(),
+        batch,
+        size,
+        images_per_second: batch as f64 / sorted[sorted.len() / 2],
+        seconds,
+    })
+}

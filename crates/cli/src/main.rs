@@ -44,6 +44,18 @@ enum Command {
     },
     /// Measure throughput and write the results (JSON) to a file.
     Bench {
+        /// What to measure: the data pipeline, or the model's inference on --device.
+        #[arg(long, value_enum, default_value_t = BenchTarget::Data)]
+        target: BenchTarget,
+        /// The device for `--target inference`.
+        #[arg(long, value_enum, default_value_t = DeviceChoice::Flex)]
+        device: DeviceChoice,
+        /// Images per forward pass for `--target inference`.
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// Untimed passes before timing `--target inference` (compilation, autotuning).
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
         /// JPEGs to run the data pipeline on (default: 256 generated 500x375 photo-like JPEGs).
         #[arg(long)]
         data_dir: Option<PathBuf>,
@@ -56,7 +68,7 @@ enum Command {
         /// Worker thread counts to measure, comma-separated.
         #[arg(long, value_delimiter = ',', default_values_t = [1, 2])]
         threads: Vec<usize>,
-        /// Output side in pixels.
+        /// Image side in pixels: the crop's output (data) or the model's input (inference).
         #[arg(long, default_value_t = 299)]
         size: u32,
         /// Timed passes per measurement (the median is reported).
@@ -69,6 +81,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BenchTarget {
+    /// Decode, crop, flip and normalise JPEGs (the data loader).
+    Data,
+    /// Forward passes of the paper's model at --size on --device.
+    Inference,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -159,6 +179,36 @@ fn run(command: Command) -> Result<()> {
             data::run_check(&dir, layout, split, json)
         }
         Command::Bench {
+            target: BenchTarget::Inference,
+            device,
+            batch,
+            warmup,
+            size,
+            repeats,
+            out,
+            json,
+            ..
+        } => {
+            let result = bench::inference(device, batch, size as usize, warmup, repeats)?;
+            let text = serde_json::to_string_pretty(&result)?;
+            write_results(&out, &text)?;
+            if json {
+                println!("{text}");
+            } else {
+                println!(
+                    "inference, {} at {}x{}, batch {}: {:.2} images/s (median of {} passes)",
+                    result.device,
+                    result.size,
+                    result.size,
+                    result.batch,
+                    result.images_per_second,
+                    result.seconds.len()
+                );
+                println!("results written to {}", out.display());
+            }
+            Ok(())
+        }
+        Command::Bench {
             data_dir,
             photos_out,
             photos,
@@ -167,6 +217,7 @@ fn run(command: Command) -> Result<()> {
             repeats,
             out,
             json,
+            ..
         } => {
             let report = bench::pipeline(&bench::PipelineBench {
                 dir: data_dir.as_deref(),
@@ -177,8 +228,7 @@ fn run(command: Command) -> Result<()> {
                 repeats,
             })?;
             let text = serde_json::to_string_pretty(&report)?;
-            std::fs::write(&out, &text)
-                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
+            write_results(&out, &text)?;
             if json {
                 println!("{text}");
             } else {
@@ -197,6 +247,10 @@ fn run(command: Command) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn write_results(out: &std::path::Path, text: &str) -> Result<()> {
+    std::fs::write(out, text).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))
 }
 
 fn main() -> ExitCode {

@@ -237,3 +237,34 @@ fn bench_measures_the_data_pipeline_and_writes_json() {
     );
     assert_eq!(std::fs::read_dir(&photos).expect("photos kept").count(), 6);
 }
+
+#[test]
+fn bench_times_inference_on_a_device() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("inference.json");
+    let out_arg = out.display().to_string();
+    let output = xception(&[
+        "bench",
+        "--target",
+        "inference",
+        "--device",
+        "flex",
+        "--batch",
+        "1",
+        "--size",
+        "71",
+        "--warmup",
+        "0",
+        "--repeats",
+        "2",
+        "--out",
+        &out_arg,
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let result: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).expect("written")).expect("JSON");
+    assert_eq!(result["device"], "flex");
+    assert_eq!(result["size"], 71);
+    assert_eq!(result["seconds"].as_array().map(Vec::len), Some(2));
+    assert!(result["images_per_second"].as_f64() > Some(0.0));
+}
