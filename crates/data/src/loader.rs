@@ -102,11 +102,12 @@ impl HostBatch {
         self.labels.is_empty()
     }
 
-    /// The batch as tensors on `device`: images `[N, 3, S, S]` and labels `[N]`.
-    pub fn to_device(&self, device: &Device) -> (Tensor<4>, Tensor<1, Int>) {
+    /// The batch as tensors on `device`: images `[N, 3, S, S]` and labels `[N]`. Consumes
+    /// the batch, so its pixels move into the tensor without a copy on the CPU devices.
+    pub fn into_device(self, device: &Device) -> (Tensor<4>, Tensor<1, Int>) {
         let n = self.len();
-        let images = TensorData::new(self.images.clone(), [n, 3, self.size, self.size]);
-        let labels = TensorData::new(self.labels.clone(), [n]);
+        let images = TensorData::new(self.images, [n, 3, self.size, self.size]);
+        let labels = TensorData::new(self.labels, [n]);
         (
             Tensor::from_data(images, device),
             Tensor::from_data(labels, device),

@@ -175,7 +175,8 @@ fn batches_reach_the_device_as_tensors() {
     synth(dir.path());
     let loader = Loader::new(dataset(dir.path(), Split::Val), train_config(1)).expect("loader");
     let batch = loader.epoch(0, 0).next().expect("a batch");
-    let (images, labels) = batch.to_device(&Device::flex());
+    let expected = batch.labels.clone();
+    let (images, labels) = batch.into_device(&Device::flex());
     assert_eq!(images.dims(), [4, 3, 20, 20]);
     assert_eq!(labels.dims(), [4]);
     let values = labels
@@ -183,7 +184,7 @@ fn batches_reach_the_device_as_tensors() {
         .convert::<i64>()
         .try_to_vec::<i64>()
         .expect("int labels");
-    assert_eq!(values, batch.labels);
+    assert_eq!(values, expected);
 }
 
 #[test]
