@@ -190,23 +190,16 @@ fn run(command: Command) -> Result<()> {
             ..
         } => {
             let result = bench::inference(device, batch, size as usize, warmup, repeats)?;
-            let text = serde_json::to_string_pretty(&result)?;
-            write_results(&out, &text)?;
-            if json {
-                println!("{text}");
-            } else {
-                println!(
-                    "inference, {} at {}x{}, batch {}: {:.2} images/s (median of {} passes)",
-                    result.device,
-                    result.size,
-                    result.size,
-                    result.batch,
-                    result.images_per_second,
-                    result.seconds.len()
-                );
-                println!("results written to {}", out.display());
-            }
-            Ok(())
+            let summary = format!(
+                "inference, {} at {}x{}, batch {}: {:.2} images/s (median of {} passes)",
+                result.device,
+                result.size,
+                result.size,
+                result.batch,
+                result.images_per_second,
+                result.seconds.len()
+            );
+            emit_results(&out, json, &result, &summary)
         }
         Command::Bench {
             data_dir,
@@ -227,30 +220,38 @@ fn run(command: Command) -> Result<()> {
                 size,
                 repeats,
             })?;
-            let text = serde_json::to_string_pretty(&report)?;
-            write_results(&out, &text)?;
-            if json {
-                println!("{text}");
-            } else {
-                println!(
-                    "{} ({} files in {})",
-                    report.pipeline, report.files, report.dir
+            let mut summary = format!(
+                "{} ({} files in {})",
+                report.pipeline, report.files, report.dir
+            );
+            for result in &report.results {
+                summary += &format!(
+                    "\n  {} thread(s): {:.1} images/s",
+                    result.threads, result.images_per_second
                 );
-                for result in &report.results {
-                    println!(
-                        "  {} thread(s): {:.1} images/s",
-                        result.threads, result.images_per_second
-                    );
-                }
-                println!("results written to {}", out.display());
             }
-            Ok(())
+            emit_results(&out, json, &report, &summary)
         }
     }
 }
 
-fn write_results(out: &std::path::Path, text: &str) -> Result<()> {
-    std::fs::write(out, text).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))
+/// Writes `results` as JSON to `out`, and prints the JSON or `summary`.
+fn emit_results(
+    out: &std::path::Path,
+    json: bool,
+    results: &impl serde::Serialize,
+    summary: &str,
+) -> Result<()> {
+    let text = serde_json::to_string_pretty(results)?;
+    std::fs::write(out, &text)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
+    if json {
+        println!("{text}");
+    } else {
+        println!("{summary}");
+        println!("results written to {}", out.display());
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -7,7 +7,8 @@ use std::path::Path;
 use image::{ImageReader, RgbImage};
 
 /// Decodes an encoded image of any supported format (JPEG, PNG, GIF, BMP, WebP, TIFF) into
-/// RGB8. Grayscale is replicated, alpha dropped, 16-bit scaled, CMYK converted.
+/// RGB8. Grayscale is replicated, alpha dropped, 16-bit scaled, CMYK converted. A decoder
+/// panic is reported as a reason, like any other undecodable file.
 pub fn decode(bytes: &[u8]) -> Result<RgbImage, String> {
     if bytes.is_empty() {
         return Err("empty file".to_string());
@@ -18,7 +19,10 @@ pub fn decode(bytes: &[u8]) -> Result<RgbImage, String> {
     if reader.format().is_none() {
         return Err("not an image (unrecognised content)".to_string());
     }
-    let image = reader.decode().map_err(|e| e.to_string())?;
+    // A decoder bug must cost one file, not the epoch or the check.
+    let image = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.decode()))
+        .map_err(|_| "the decoder panicked on this file".to_string())?
+        .map_err(|e| e.to_string())?;
     if image.width() == 0 || image.height() == 0 {
         return Err("image has no pixels".to_string());
     }

@@ -7,7 +7,6 @@
 //! are those of the uninterrupted epoch, which is what exact resume needs.
 
 use std::collections::BTreeMap;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -243,15 +242,11 @@ impl EpochPlan {
             batch.images.resize(filled + slot, 0.0);
             let key = derive(&[self.config.seed, self.epoch, sample as u64]);
             let target = &mut batch.images[filled..];
-            // A decoder bug must cost one file, not the epoch.
-            let outcome = catch_unwind(AssertUnwindSafe(|| {
-                let image = decode_file(&path)?;
+            let outcome = decode_file(&path).map(|image| {
                 self.config
                     .transform
                     .apply(&image, &mut Rng::new(key), target);
-                Ok::<(), String>(())
-            }))
-            .unwrap_or_else(|_| Err("the decoder panicked on this file".to_string()));
+            });
             match outcome {
                 Ok(()) => {
                     batch.labels.push(self.dataset.label(sample) as i64);

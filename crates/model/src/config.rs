@@ -76,6 +76,18 @@ pub enum ConfigError {
     BadDropout(f64),
 }
 
+impl ConfigError {
+    /// The config path of the offending field, e.g. `model.input_size`.
+    pub fn field(&self) -> &'static str {
+        match self {
+            Self::NoClasses(_) => "model.num_classes",
+            Self::InputTooSmall(_) => "model.input_size",
+            Self::BadWidth(_) => "model.width",
+            Self::BadDropout(_) => "model.dropout",
+        }
+    }
+}
+
 impl XceptionConfig {
     /// Checks that the configuration describes a network that can be built and run.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -182,7 +194,12 @@ mod tests {
         ];
         let fields = ["num_classes", "input_size", "width", "width", "dropout"];
         for (config, field) in cases.iter().zip(fields) {
-            let error = config.validate().expect_err("invalid").to_string();
+            let error = config.validate().expect_err("invalid");
+            assert!(
+                error.field().ends_with(field),
+                "{error} should name {field}"
+            );
+            let error = error.to_string();
             assert!(error.contains(field), "{error} should name {field}");
         }
         let smallest = XceptionConfig {

@@ -341,13 +341,7 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
         let field = |name: &str, reason: String| Err((name.to_string(), reason));
         if let Err(error) = self.model.validate() {
-            let text = error.to_string();
-            let name = text
-                .split_whitespace()
-                .next()
-                .unwrap_or("model")
-                .to_string();
-            return Err((name, text));
+            return field(error.field(), error.to_string());
         }
         if let Err(error) = self.schedule.validate() {
             return field("schedule", error.to_string());
