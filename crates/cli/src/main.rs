@@ -5,6 +5,7 @@ mod bench;
 mod data;
 mod device;
 mod info;
+mod train;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,6 +27,29 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train (or continue training) the model a config file describes.
+    Train {
+        /// The training config (TOML), e.g. configs/demo.toml.
+        config: PathBuf,
+        /// The device (overrides training.device): flex, ndarray or wgpu.
+        #[arg(long, value_enum)]
+        device: Option<DeviceChoice>,
+        /// Continue from a checkpoint directory, or `auto` for the run's newest one.
+        #[arg(long, value_name = "CKPT_DIR|auto", num_args = 0..=1, default_missing_value = "auto")]
+        resume: Option<String>,
+        /// Override a config field, e.g. --set schedule.lr=0.01 (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Where checkpoints and metrics go (default: runs/<config name>).
+        #[arg(long)]
+        run_dir: Option<PathBuf>,
+        /// Resume even when the config's recipe differs from the checkpoint's.
+        #[arg(long)]
+        force: bool,
+        /// Stop with a checkpoint once this many optimizer steps are done (as Ctrl-C does).
+        #[arg(long, value_name = "STEPS")]
+        stop_at_step: Option<u64>,
+    },
     /// Print every block with its output shape, parameters and multiply-adds, and the totals.
     Info {
         /// A config file whose `[model]` table describes the network (default: the paper's).
@@ -136,8 +160,40 @@ enum DataCommand {
     },
 }
 
-fn run(command: Command) -> Result<()> {
+fn run(command: Command) -> Result<ExitCode> {
     match command {
+        Command::Train {
+            config,
+            device,
+            resume,
+            overrides,
+            run_dir,
+            force,
+            stop_at_step,
+        } => {
+            let interrupted = train::run(train::TrainArgs {
+                config,
+                device,
+                resume,
+                overrides,
+                run_dir,
+                force,
+                stop_at_step,
+            })?;
+            // 130: the conventional status of a run ended by Ctrl-C (after its checkpoint).
+            Ok(if interrupted {
+                ExitCode::from(130)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        other => run_other(other).map(|()| ExitCode::SUCCESS),
+    }
+}
+
+fn run_other(command: Command) -> Result<()> {
+    match command {
+        Command::Train { .. } => unreachable!("handled by run"),
         Command::Info {
             config,
             json,
@@ -256,7 +312,7 @@ fn emit_results(
 
 fn main() -> ExitCode {
     match run(Cli::parse().command) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE

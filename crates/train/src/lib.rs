@@ -1,16 +1,24 @@
 //! `xception-train`: training Xception with the paper's recipes.
 //!
-//! So far it holds the config schema ([`config`]), the learning-rate schedules
-//! ([`schedule`]), Polyak averaging of the weights ([`ema`]) and classification metrics
-//! ([`metrics`]); optimizers, checkpoints and the train and evaluate loops join them with the
-//! training issue.
+//! The config schema ([`config`]), learning-rate schedules ([`schedule`]), the paper's SGD and
+//! RMSprop ([`optim`]), Polyak averaging ([`ema`]), metrics ([`metrics`], [`record`],
+//! [`plot`]), checkpoints ([`checkpoint`]) and the loop that ties them together with exact
+//! resume ([`trainer`]). What the loop reports while it runs goes through [`report`].
 
+pub mod checkpoint;
 pub mod config;
 pub mod ema;
 pub mod metrics;
+pub mod optim;
+pub mod plot;
+pub mod record;
+pub mod report;
 pub mod schedule;
+pub mod trainer;
 
 pub use config::{ConfigFileError, TrainConfig};
 pub use ema::Ema;
 pub use metrics::{ClassificationMeter, top_k_correct};
+pub use report::{EvalReport, Reporter, RunStart, Scores, Silent, StepReport};
 pub use schedule::{Decay, Interval, Schedule, ScheduleError};
+pub use trainer::{Outcome, ResumeFrom, RunOptions, RunSummary, TrainError, evaluate, train};

@@ -1,7 +1,7 @@
 //! Classification metrics: loss, top-1 and top-5 accuracy, accumulated over batches.
 
 use burn::tensor::{Int, Tensor};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// How many of the `labels` are among the `k` highest `logits` of their row, for each `k` of
 /// `ks` (ascending). `logits` is `[N, C]`, `labels` `[N]`; `k` is capped at `C`.
@@ -26,7 +26,7 @@ pub fn top_k_correct(logits: Tensor<2>, labels: Tensor<1, Int>, ks: &[usize]) ->
 }
 
 /// Running totals of a classification pass.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClassificationMeter {
     /// Images seen.
     pub images: u64,

@@ -1,0 +1,355 @@
+//! The paper's optimizers, written out rather than taken from `burn-optim`: Burn's SGD
+//! dampens momentum by 0.1 unless told otherwise, decays every parameter alike, and keys its
+//! state by parameter ids that change when a model is rebuilt. Here the state is keyed by the
+//! parameter's path in the module (`entry_flow.0.sep1.pointwise.weight`), so a checkpoint
+//! can be read into a freshly built model, and each rule is the one the recipes name:
+//!
+//! - SGD as PyTorch's `torch.optim.SGD` (and TensorFlow's momentum optimizer when dampening
+//!   is 0): `g += wd * w; v = mu * v + (1 - dampening) * g` (the first step sets `v = g`);
+//!   `w -= lr * v` (Nesterov: `w -= lr * (g + mu * v)`).
+//! - RMSprop as TensorFlow 1's `RMSPropOptimizer`, which the paper's JFT runs used: the mean
+//!   square starts at 1, `ms = rho * ms + (1 - rho) * g^2`,
+//!   `mom = mu * mom + lr * g / sqrt(ms + eps)`, `w -= mom`.
+//!
+//! Weight decay skips rank-1 parameters (BatchNorm scales and shifts, biases) unless
+//! `decay_norm_and_bias` is set, as timm's `param_groups_weight_decay` does.
+
+use std::collections::{BTreeMap, HashMap};
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::config::OptimizerConfig;
+
+/// The gradients of one optimizer step, summed over accumulated batches, by parameter id.
+#[derive(Default)]
+pub struct GradientSum {
+    sums: HashMap<ParamId, Tensor<1>>,
+    batches: u32,
+}
+
+impl GradientSum {
+    /// Adds the gradients of one batch's mean loss for every parameter of `model`.
+    pub fn add<M: Module>(&mut self, model: &M, mut grads: GradientsParams) {
+        let mut take = TakeGradients {
+            grads: &mut grads,
+            sums: &mut self.sums,
+        };
+        model.visit(&mut take);
+        self.batches += 1;
+    }
+
+    /// Batches added since the last step.
+    pub fn batches(&self) -> u32 {
+        self.batches
+    }
+
+    /// The mean gradient over the added batches, and its global L2 norm (one sync).
+    /// When `clip_norm` is set and the norm exceeds it, the gradients are scaled down to it.
+    pub fn finish(self, clip_norm: Option<f64>) -> (HashMap<ParamId, Tensor<1>>, f64) {
+        let scale = 1.0 / f64::from(self.batches.max(1));
+        let mut grads: HashMap<ParamId, Tensor<1>> = self
+            .sums
+            .into_iter()
+            .map(|(id, sum)| (id, sum.mul_scalar(scale)))
+            .collect();
+        let squares: Vec<Tensor<1>> = grads.values().map(|g| g.clone().square().sum()).collect();
+        let norm = if squares.is_empty() {
+            0.0
+        } else {
+            f64::from(Tensor::cat(squares, 0).sum().into_scalar::<f32>()).sqrt()
+        };
+        if let Some(max) = clip_norm
+            && norm > max
+        {
+            let factor = max / norm;
+            for grad in grads.values_mut() {
+                *grad = grad.clone().mul_scalar(factor);
+            }
+        }
+        (grads, norm)
+    }
+}
+
+struct TakeGradients<'a> {
+    grads: &'a mut GradientsParams,
+    sums: &'a mut HashMap<ParamId, Tensor<1>>,
+}
+
+impl ModuleVisitor for TakeGradients<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let Some(grad) = self.grads.remove::<D>(param.id) else {
+            return;
+        };
+        let elements = grad.shape().num_elements();
+        let grad = grad.reshape([elements]);
+        let sum = match self.sums.remove(&param.id) {
+            Some(sum) => sum + grad,
+            None => grad,
+        };
+        self.sums.insert(param.id, sum);
+    }
+}
+
+/// SGD or RMSprop with its per-parameter state.
+pub struct Optimizer {
+    config: OptimizerConfig,
+    /// By parameter path: SGD's velocity, or RMSprop's mean square then momentum.
+    state: BTreeMap<String, Vec<Tensor<1>>>,
+}
+
+/// An optimizer state file that does not fit the model.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// A tensor of the file has no parameter in the model, or the wrong size.
+    #[error("optimizer state `{key}`: {reason}")]
+    Mismatch {
+        /// The tensor's name in the state file.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl Optimizer {
+    /// A fresh optimizer (empty state).
+    pub fn new(config: OptimizerConfig) -> Self {
+        Self {
+            config,
+            state: BTreeMap::new(),
+        }
+    }
+
+    /// Applies one update with learning rate `lr` to every parameter of `model` that has a
+    /// gradient in `grads`, returning the updated model.
+    pub fn step<M: Module>(
+        &mut self,
+        model: M,
+        grads: HashMap<ParamId, Tensor<1>>,
+        lr: f64,
+    ) -> M {
+        let mut update = Update {
+            config: &self.config,
+            state: &mut self.state,
+            grads,
+            lr,
+            path: Vec::new(),
+        };
+        model.map(&mut update)
+    }
+
+    /// The state as named flat tensors: `<param path>.<slot>`.
+    pub fn state_tensors(&self) -> Vec<(String, Tensor<1>)> {
+        let slots = self.slot_names();
+        let mut named = Vec::new();
+        for (path, tensors) in &self.state {
+            for (slot, tensor) in slots.iter().zip(tensors) {
+                named.push((format!("{path}.{slot}"), tensor.clone()));
+            }
+        }
+        named
+    }
+
+    /// Replaces the state with `tensors` (as written by [`Self::state_tensors`]), checking
+    /// each against `model`'s parameters by path and size.
+    pub fn load_state<M: Module>(
+        &mut self,
+        model: &M,
+        tensors: BTreeMap<String, TensorData>,
+        device: &Device,
+    ) -> Result<(), StateError> {
+        let mut sizes = ParamSizes::default();
+        model.visit(&mut sizes);
+        let slots = self.slot_names();
+        let mut state: BTreeMap<String, Vec<Option<Tensor<1>>>> = BTreeMap::new();
+        for (key, data) in tensors {
+            let mismatch = |reason: String| StateError::Mismatch {
+                key: key.clone(),
+                reason,
+            };
+            let (path, slot) = key
+                .rsplit_once('.')
+                .ok_or_else(|| mismatch("not a `<parameter>.<slot>` name".into()))?;
+            let slot_index = slots.iter().position(|s| *s == slot).ok_or_else(|| {
+                mismatch(format!("slot `{slot}` is not one of {slots:?} of this optimizer"))
+            })?;
+            let expected = sizes
+                .sizes
+                .get(path)
+                .ok_or_else(|| mismatch("the model has no such parameter".into()))?;
+            let found = data.shape().iter().product::<usize>();
+            if data.shape().len() != 1 {
+                return Err(mismatch(format!("shape {:?}, expected a flat tensor", data.shape())));
+            }
+            if found != *expected {
+                return Err(mismatch(format!(
+                    "{found} values, the parameter has {expected}"
+                )));
+            }
+            let entry = state
+                .entry(path.to_string())
+                .or_insert_with(|| vec![None; slots.len()]);
+            entry[slot_index] = Some(Tensor::<1>::from_data(data, device));
+        }
+        let mut complete = BTreeMap::new();
+        for (path, tensors) in state {
+            let tensors: Option<Vec<Tensor<1>>> = tensors.into_iter().collect();
+            let tensors = tensors.ok_or_else(|| StateError::Mismatch {
+                key: path.clone(),
+                reason: format!("some of the slots {slots:?} are missing"),
+            })?;
+            complete.insert(path, tensors);
+        }
+        self.state = complete;
+        Ok(())
+    }
+
+    fn slot_names(&self) -> &'static [&'static str] {
+        match self.config {
+            OptimizerConfig::Sgd { .. } => &["velocity"],
+            OptimizerConfig::Rmsprop { .. } => &["mean_square", "momentum"],
+        }
+    }
+}
+
+#[derive(Default)]
+struct ParamSizes {
+    path: Vec<String>,
+    sizes: HashMap<String, usize>,
+}
+
+impl ModuleVisitor for ParamSizes {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let size = param.lazy_shape().num_elements();
+        self.sizes.insert(self.path.join("."), size);
+    }
+}
+
+struct Update<'a> {
+    config: &'a OptimizerConfig,
+    state: &'a mut BTreeMap<String, Vec<Tensor<1>>>,
+    grads: HashMap<ParamId, Tensor<1>>,
+    lr: f64,
+    path: Vec<String>,
+}
+
+impl Update<'_> {
+    /// The step to subtract from `weights` (flat, without autodiff) given gradient `grad`.
+    fn delta(&mut self, path: String, weights: &Tensor<1>, grad: Tensor<1>, rank: usize) -> Tensor<1> {
+        let lr = self.lr;
+        let decay = |weight_decay: f64, decay_norm_and_bias: bool| {
+            if rank > 1 || decay_norm_and_bias {
+                weight_decay
+            } else {
+                0.0
+            }
+        };
+        match *self.config {
+            OptimizerConfig::Sgd {
+                momentum,
+                dampening,
+                nesterov,
+                weight_decay,
+                decay_norm_and_bias,
+            } => {
+                let decay = decay(weight_decay, decay_norm_and_bias);
+                let grad = if decay > 0.0 {
+                    grad + weights.clone().mul_scalar(decay)
+                } else {
+                    grad
+                };
+                if momentum == 0.0 {
+                    return grad.mul_scalar(lr);
+                }
+                let velocity = match self.state.remove(&path) {
+                    Some(mut slots) => slots
+                        .remove(0)
+                        .mul_scalar(momentum)
+                        .add(grad.clone().mul_scalar(1.0 - dampening)),
+                    None => grad.clone(),
+                };
+                let direction = if nesterov {
+                    grad + velocity.clone().mul_scalar(momentum)
+                } else {
+                    velocity.clone()
+                };
+                self.state.insert(path, vec![velocity]);
+                direction.mul_scalar(lr)
+            }
+            OptimizerConfig::Rmsprop {
+                momentum,
+                decay: rho,
+                epsilon,
+                weight_decay,
+                decay_norm_and_bias,
+            } => {
+                let decay = decay(weight_decay, decay_norm_and_bias);
+                let grad = if decay > 0.0 {
+                    grad + weights.clone().mul_scalar(decay)
+                } else {
+                    grad
+                };
+                let (mean_square, previous) = match self.state.remove(&path) {
+                    Some(mut slots) if slots.len() == 2 => {
+                        let previous = slots.pop();
+                        (slots.remove(0), previous)
+                    }
+                    _ => (weights.ones_like(), None),
+                };
+                let mean_square = mean_square
+                    .mul_scalar(rho)
+                    .add(grad.clone().square().mul_scalar(1.0 - rho));
+                let scaled = grad
+                    .div(mean_square.clone().add_scalar(epsilon).sqrt())
+                    .mul_scalar(lr);
+                let step = match previous {
+                    Some(previous) => previous.mul_scalar(momentum).add(scaled),
+                    None => scaled,
+                };
+                self.state
+                    .insert(path, vec![mean_square, step.clone()]);
+                step
+            }
+        }
+    }
+}
+
+impl ModuleMapper for Update<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let Some(grad) = self.grads.remove(&param.id) else {
+            return param;
+        };
+        let path = self.path.join(".");
+        param.map(|tensor| {
+            let autodiff = tensor.is_autodiff();
+            let require_grad = tensor.is_require_grad();
+            let dims = tensor.dims();
+            let weights = tensor.inner().reshape([dims.iter().product::<usize>()]);
+            let delta = self.delta(path, &weights, grad.inner(), D);
+            let updated = (weights - delta).reshape(dims);
+            let updated = if autodiff { updated.autodiff() } else { updated };
+            if require_grad {
+                updated.require_grad()
+            } else {
+                updated
+            }
+        })
+    }
+}
