@@ -37,7 +37,10 @@ pub fn run(args: TrainArgs) -> Result<bool> {
     let choice = DeviceChoice::from_str(&config.training.device, true)
         .map_err(|e| anyhow!("training.device: {e}"))?;
     let device = choice.device();
-    let run_dir = args.run_dir.clone().unwrap_or_else(|| default_run_dir(&args.config));
+    let run_dir = args
+        .run_dir
+        .clone()
+        .unwrap_or_else(|| default_run_dir(&args.config));
     let resume = args.resume.as_deref().map(|value| {
         if value == "auto" {
             ResumeFrom::Auto
@@ -240,7 +243,9 @@ impl Reporter for ConsoleReporter {
             bar.set_prefix(format!("epoch {}/{epochs}", report.epoch + 1));
             bar.set_message(status);
             bar.set_position(report.step);
-        } else if report.step % self.every == 0 || report.step_in_epoch == report.steps_per_epoch {
+        } else if report.step.is_multiple_of(self.every)
+            || report.step_in_epoch == report.steps_per_epoch
+        {
             let eta = self
                 .eta(report.step)
                 .map_or(String::new(), |s| format!(" ETA {}", duration(s)));

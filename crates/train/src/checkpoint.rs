@@ -288,8 +288,7 @@ impl Checkpoint {
             return Err(CheckpointError::NotFound(dir.to_path_buf()));
         }
         let text = fs::read_to_string(&state_path).map_err(io(&state_path))?;
-        let state: TrainState =
-            serde_json::from_str(&text).map_err(|e| corrupt(&state_path, e))?;
+        let state: TrainState = serde_json::from_str(&text).map_err(|e| corrupt(&state_path, e))?;
         if state.format != FORMAT {
             return Err(corrupt(
                 &state_path,

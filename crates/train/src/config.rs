@@ -387,6 +387,15 @@ impl TrainConfig {
                 format!("must be positive, got {norm}"),
             );
         }
+        if self.training.eval_every_epochs == 0 {
+            return field("training.eval_every_epochs", "must be at least 1".into());
+        }
+        if self.checkpoints.every_steps == Some(0) {
+            return field(
+                "checkpoints.every_steps",
+                "must be at least 1 (leave it out for epoch-end checkpoints only)".into(),
+            );
+        }
         if self.checkpoints.keep_last == 0 {
             return field("checkpoints.keep_last", "must keep at least 1".into());
         }

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::Tensor;
 
 /// An averaged copy of a model, kept on a plain (non-autodiff) device.
@@ -68,6 +68,7 @@ impl<M: Module> Ema<M> {
         let mut collect = Collect::default();
         current.visit(&mut collect);
         let mut blend = Blend {
+            path: Vec::new(),
             current: collect.values,
             decay: self.next_decay(),
         };
@@ -76,28 +77,48 @@ impl<M: Module> Ema<M> {
     }
 }
 
-/// Every float parameter's current value, detached and flattened, by id.
+/// Every float parameter's current value, detached and flattened, by path in the module.
+/// Paths rather than parameter ids: a model read from a checkpoint gets fresh ids.
 #[derive(Default)]
 struct Collect {
-    values: HashMap<ParamId, Tensor<1>>,
+    path: Vec<String>,
+    values: HashMap<String, Tensor<1>>,
 }
 
 impl ModuleVisitor for Collect {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         let value = param.val().detach().without_autodiff();
         let elements = value.shape().num_elements();
-        self.values.insert(param.id, value.reshape([elements]));
+        self.values
+            .insert(self.path.join("."), value.reshape([elements]));
     }
 }
 
 struct Blend {
-    current: HashMap<ParamId, Tensor<1>>,
+    path: Vec<String>,
+    current: HashMap<String, Tensor<1>>,
     decay: f64,
 }
 
 impl ModuleMapper for Blend {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let Some(current) = self.current.remove(&param.id) else {
+        let Some(current) = self.current.remove(&self.path.join(".")) else {
             return param;
         };
         let decay = self.decay;

@@ -26,6 +26,8 @@ use crate::config::OptimizerConfig;
 #[derive(Default)]
 pub struct GradientSum {
     sums: HashMap<ParamId, Tensor<1>>,
+    /// Parameter ids in the module's order, which is the same in every run.
+    order: Vec<ParamId>,
     batches: u32,
 }
 
@@ -35,6 +37,7 @@ impl GradientSum {
         let mut take = TakeGradients {
             grads: &mut grads,
             sums: &mut self.sums,
+            order: &mut self.order,
         };
         model.visit(&mut take);
         self.batches += 1;
@@ -54,11 +57,24 @@ impl GradientSum {
             .into_iter()
             .map(|(id, sum)| (id, sum.mul_scalar(scale)))
             .collect();
-        let squares: Vec<Tensor<1>> = grads.values().map(|g| g.clone().square().sum()).collect();
+        // Summed on the host in the module's order, so that the norm, and the clipping it
+        // decides, are the same from run to run (and after a resume).
+        let squares: Vec<Tensor<1>> = self
+            .order
+            .iter()
+            .filter_map(|id| grads.get(id))
+            .map(|g| g.clone().square().sum())
+            .collect();
         let norm = if squares.is_empty() {
             0.0
         } else {
-            f64::from(Tensor::cat(squares, 0).sum().into_scalar::<f32>()).sqrt()
+            Tensor::cat(squares, 0)
+                .into_data()
+                .convert::<f32>()
+                .iter::<f32>()
+                .map(f64::from)
+                .sum::<f64>()
+                .sqrt()
         };
         if let Some(max) = clip_norm
             && norm > max
@@ -75,6 +91,7 @@ impl GradientSum {
 struct TakeGradients<'a> {
     grads: &'a mut GradientsParams,
     sums: &'a mut HashMap<ParamId, Tensor<1>>,
+    order: &'a mut Vec<ParamId>,
 }
 
 impl ModuleVisitor for TakeGradients<'_> {
@@ -86,7 +103,10 @@ impl ModuleVisitor for TakeGradients<'_> {
         let grad = grad.reshape([elements]);
         let sum = match self.sums.remove(&param.id) {
             Some(sum) => sum + grad,
-            None => grad,
+            None => {
+                self.order.push(param.id);
+                grad
+            }
         };
         self.sums.insert(param.id, sum);
     }
@@ -123,12 +143,7 @@ impl Optimizer {
 
     /// Applies one update with learning rate `lr` to every parameter of `model` that has a
     /// gradient in `grads`, returning the updated model.
-    pub fn step<M: Module>(
-        &mut self,
-        model: M,
-        grads: HashMap<ParamId, Tensor<1>>,
-        lr: f64,
-    ) -> M {
+    pub fn step<M: Module>(&mut self, model: M, grads: HashMap<ParamId, Tensor<1>>, lr: f64) -> M {
         let mut update = Update {
             config: &self.config,
             state: &mut self.state,
@@ -172,7 +187,9 @@ impl Optimizer {
                 .rsplit_once('.')
                 .ok_or_else(|| mismatch("not a `<parameter>.<slot>` name".into()))?;
             let slot_index = slots.iter().position(|s| *s == slot).ok_or_else(|| {
-                mismatch(format!("slot `{slot}` is not one of {slots:?} of this optimizer"))
+                mismatch(format!(
+                    "slot `{slot}` is not one of {slots:?} of this optimizer"
+                ))
             })?;
             let expected = sizes
                 .sizes
@@ -180,7 +197,10 @@ impl Optimizer {
                 .ok_or_else(|| mismatch("the model has no such parameter".into()))?;
             let found = data.shape().iter().product::<usize>();
             if data.shape().len() != 1 {
-                return Err(mismatch(format!("shape {:?}, expected a flat tensor", data.shape())));
+                return Err(mismatch(format!(
+                    "shape {:?}, expected a flat tensor",
+                    data.shape()
+                )));
             }
             if found != *expected {
                 return Err(mismatch(format!(
@@ -244,7 +264,13 @@ struct Update<'a> {
 
 impl Update<'_> {
     /// The step to subtract from `weights` (flat, without autodiff) given gradient `grad`.
-    fn delta(&mut self, path: String, weights: &Tensor<1>, grad: Tensor<1>, rank: usize) -> Tensor<1> {
+    fn delta(
+        &mut self,
+        path: String,
+        weights: &Tensor<1>,
+        grad: Tensor<1>,
+        rank: usize,
+    ) -> Tensor<1> {
         let lr = self.lr;
         let decay = |weight_decay: f64, decay_norm_and_bias: bool| {
             if rank > 1 || decay_norm_and_bias {
@@ -315,8 +341,7 @@ impl Update<'_> {
                     Some(previous) => previous.mul_scalar(momentum).add(scaled),
                     None => scaled,
                 };
-                self.state
-                    .insert(path, vec![mean_square, step.clone()]);
+                self.state.insert(path, vec![mean_square, step.clone()]);
                 step
             }
         }
@@ -344,7 +369,11 @@ impl ModuleMapper for Update<'_> {
             let weights = tensor.inner().reshape([dims.iter().product::<usize>()]);
             let delta = self.delta(path, &weights, grad.inner(), D);
             let updated = (weights - delta).reshape(dims);
-            let updated = if autodiff { updated.autodiff() } else { updated };
+            let updated = if autodiff {
+                updated.autodiff()
+            } else {
+                updated
+            };
             if require_grad {
                 updated.require_grad()
             } else {

@@ -56,7 +56,7 @@ impl Curves {
         let x = row.epoch;
         if row.kind == "train" {
             self.seen += 1;
-            if self.seen % self.stride.max(1) != 0 {
+            if !self.seen.is_multiple_of(self.stride.max(1)) {
                 return;
             }
             self.train_loss.push((x, row.loss));
@@ -162,10 +162,7 @@ fn panel(
     series: &[Series<'_>],
 ) {
     let (x0, y0) = (left + MARGIN_L, MARGIN_T);
-    let (w, h) = (
-        PANEL_W - MARGIN_L - MARGIN_R,
-        PANEL_H - MARGIN_T - MARGIN_B,
-    );
+    let (w, h) = (PANEL_W - MARGIN_L - MARGIN_R, PANEL_H - MARGIN_T - MARGIN_B);
     let to_px = |x: f64, y: f64| {
         let px = f64::from(x0) + x / x_max * f64::from(w);
         let py = f64::from(y0 + h) - (y - y_min) / (y_max - y_min) * f64::from(h);
@@ -190,7 +187,13 @@ fn panel(
             format!("{value:.0}")
         };
         let width = 6 * label.len() as u32;
-        text(image, x0.saturating_sub(width + 4), (py as u32).saturating_sub(3), &label, AXIS);
+        text(
+            image,
+            x0.saturating_sub(width + 4),
+            (py as u32).saturating_sub(3),
+            &label,
+            AXIS,
+        );
     }
     let tick_every = nice_step(x_max / 8.0);
     let mut tick = 0.0;
@@ -202,7 +205,13 @@ fn panel(
         } else {
             format!("{tick:.1}")
         };
-        text(image, (px as u32).saturating_sub(3 * label.len() as u32), y0 + h + 7, &label, AXIS);
+        text(
+            image,
+            (px as u32).saturating_sub(3 * label.len() as u32),
+            y0 + h + 7,
+            &label,
+            AXIS,
+        );
         tick += tick_every;
     }
     fill(image, x0, y0, 1, h, AXIS);
@@ -217,7 +226,14 @@ fn panel(
         if *marked {
             for &(x, y) in points.iter() {
                 let (px, py) = to_px(x, y);
-                fill(image, (px as u32).saturating_sub(2), (py as u32).saturating_sub(2), 5, 5, *colour);
+                fill(
+                    image,
+                    (px as u32).saturating_sub(2),
+                    (py as u32).saturating_sub(2),
+                    5,
+                    5,
+                    *colour,
+                );
             }
         }
     }

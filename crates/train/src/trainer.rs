@@ -431,7 +431,10 @@ pub fn train(
                 })?;
             if let Some(decay) = config.training.ema_decay {
                 let averaged = if resume.ema_file().is_file() {
-                    checkpoint::load_module(Xception::new(&config.model, device)?, &resume.ema_file())?
+                    checkpoint::load_module(
+                        Xception::new(&config.model, device)?,
+                        &resume.ema_file(),
+                    )?
                 } else {
                     reporter.note("the checkpoint has no EMA weights: the average restarts from the current weights");
                     model.valid()
@@ -525,14 +528,23 @@ pub fn train(
             if !batch.is_empty() {
                 // Dropout's masks come from (seed, step, batch), so a resumed run draws the
                 // same masks as an uninterrupted one.
-                train_device.seed(derive(&[seed, run.state.step, u64::from(sum.batches()), 0xd20b]));
+                train_device.seed(derive(&[
+                    seed,
+                    run.state.step,
+                    u64::from(sum.batches()),
+                    0xd20b,
+                ]));
                 step_images += batch.len() as u64;
                 let (images, labels) = batch.into_device(&train_device);
                 let logits = run.model.forward(images);
                 let loss = loss_fn.forward(logits.clone(), labels.clone());
                 let value = f64::from(loss.clone().into_scalar::<f32>());
                 if !value.is_finite() {
-                    let lr = config.schedule.lr(run.state.samples_seen, samples_per_epoch, total_samples);
+                    let lr = config.schedule.lr(
+                        run.state.samples_seen,
+                        samples_per_epoch,
+                        total_samples,
+                    );
                     let _ = log.flush();
                     return Err(TrainError::NonFiniteLoss {
                         loss: value,
@@ -547,14 +559,17 @@ pub fn train(
                 let grads = GradientsParams::from_grads(loss.backward(), &run.model);
                 sum.add(&run.model, grads);
             }
-            let step_ready = u64::from(sum.batches()) == accumulation
-                || batch_in_epoch == batches_per_epoch;
+            let step_ready =
+                u64::from(sum.batches()) == accumulation || batch_in_epoch == batches_per_epoch;
             if !step_ready {
                 continue;
             }
             let batches_in_step = u64::from(sum.batches()).max(1);
-            let lr = config.schedule.lr(run.state.samples_seen, samples_per_epoch, total_samples);
-            let (grads, grad_norm) = std::mem::take(&mut sum).finish(config.training.grad_clip_norm);
+            let lr = config
+                .schedule
+                .lr(run.state.samples_seen, samples_per_epoch, total_samples);
+            let (grads, grad_norm) =
+                std::mem::take(&mut sum).finish(config.training.grad_clip_norm);
             run.model = run.optimizer.step(run.model, grads, lr);
             if let Some(ema) = &mut run.ema {
                 ema.update(&run.model);
@@ -611,7 +626,7 @@ pub fn train(
                 return Ok(summary(&run, Outcome::Interrupted, last_eval, started));
             }
             if let Some(every) = config.checkpoints.every_steps
-                && run.state.step % every == 0
+                && run.state.step.is_multiple_of(every)
                 && !epoch_done
             {
                 log.flush().map_err(io_error(log.jsonl_path()))?;
@@ -625,7 +640,9 @@ pub fn train(
         run.state.batch_in_epoch = 0;
         run.running = ClassificationMeter::default();
         let epochs_done = epoch + 1;
-        if epochs_done % u64::from(config.training.eval_every_epochs) == 0 || epochs_done == epochs {
+        if epochs_done.is_multiple_of(u64::from(config.training.eval_every_epochs))
+            || epochs_done == epochs
+        {
             let eval_started = Instant::now();
             let raw = evaluate(&run.model.valid(), &val_loader, device, reporter);
             let ema_scores = run
@@ -670,12 +687,16 @@ pub fn train(
             let path = run_dir.join("curves.png");
             curves.draw(&path).map_err(io_error(&path))?;
         }
-        let reason = if epochs_done == epochs { "final" } else { "epoch" };
+        let reason = if epochs_done == epochs {
+            "final"
+        } else {
+            "epoch"
+        };
         run.save(reason, reporter)?;
-        if stop.load(Ordering::SeqCst) || options.stop_at_step.is_some_and(|at| run.state.step >= at) {
-            if epochs_done < epochs {
-                return Ok(summary(&run, Outcome::Interrupted, last_eval, started));
-            }
+        let stopping = stop.load(Ordering::SeqCst)
+            || options.stop_at_step.is_some_and(|at| run.state.step >= at);
+        if stopping && epochs_done < epochs {
+            return Ok(summary(&run, Outcome::Interrupted, last_eval, started));
         }
     }
     Ok(summary(&run, Outcome::Finished, last_eval, started))

@@ -1,0 +1,170 @@
+//! End-to-end: `xception train` on a dataset it generates itself, stopping, resuming and
+//! Ctrl-C, through the real binary.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+fn xception(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_xception"))
+        .args(args)
+        .output()
+        .expect("the xception binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A tiny config whose dataset is generated under `dir` on first use.
+fn write_config(dir: &Path, epochs: u32) -> String {
+    let body = format!(
+        r#"
+[model]
+num_classes = 3
+input_size = 71
+width = 0.0625
+middle_blocks = 1
+
+[data]
+root = "{}"
+batch_size = 4
+synth = {{ classes = 3, train_per_class = 8, val_per_class = 2, size = 48 }}
+
+[schedule]
+lr = 0.05
+decay = {{ kind = "constant" }}
+
+[training]
+epochs = {epochs}
+ema_decay = 0.9
+
+[checkpoints]
+every_steps = 2
+keep_last = 2
+
+[logging]
+every_steps = 1
+"#,
+        dir.join("data").display()
+    );
+    let path = dir.join("tiny.toml");
+    std::fs::write(&path, body).expect("write config");
+    path.display().to_string()
+}
+
+#[test]
+fn train_generates_its_data_stops_and_resumes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_config(dir.path(), 2);
+    let run_dir = dir.path().join("run");
+    let run = run_dir.display().to_string();
+
+    let first = xception(&["train", &config, "--run-dir", &run, "--stop-at-step", "3"]);
+    let (out, err) = (text(&first.stdout), text(&first.stderr));
+    assert!(first.status.success(), "{err}");
+    assert!(err.contains("generating a synthetic dataset"), "{err}");
+    assert!(err.contains("(run step 1)"), "a line per step: {err}");
+    assert!(out.contains("stopped after step 3"), "{out}");
+    assert!(out.contains("--resume auto"), "{out}");
+    assert!(
+        run_dir
+            .join("checkpoints/step-000000003/state.json")
+            .is_file()
+    );
+
+    let second = xception(&["train", &config, "--run-dir", &run, "--resume"]);
+    let (out, err) = (text(&second.stdout), text(&second.stderr));
+    assert!(second.status.success(), "{err}");
+    assert!(err.contains("resuming from"), "{err}");
+    assert!(err.contains("val loss"), "{err}");
+    assert!(out.contains("finished 2 epochs (12 steps)"), "{out}");
+    assert!(run_dir.join("curves.png").is_file());
+    assert!(run_dir.join("config.toml").is_file());
+    let csv = std::fs::read_to_string(run_dir.join("metrics.csv")).expect("metrics.csv");
+    let train_rows = csv.lines().filter(|l| l.starts_with("train,")).count();
+    let val_rows = csv.lines().filter(|l| l.starts_with("val,")).count();
+    assert_eq!((train_rows, val_rows), (12, 2), "{csv}");
+
+    // A changed recipe is refused with the field named; the checkpoints are left alone.
+    let changed = xception(&[
+        "train",
+        &config,
+        "--run-dir",
+        &run,
+        "--resume",
+        "auto",
+        "--set",
+        "schedule.lr=0.1",
+    ]);
+    let err = text(&changed.stderr);
+    assert!(!changed.status.success());
+    assert!(
+        err.contains("schedule.lr: 0.05 -> 0.1") && err.contains("--force"),
+        "{err}"
+    );
+    assert!(
+        run_dir
+            .join("checkpoints/step-000000012/state.json")
+            .is_file()
+    );
+
+    // A fresh run into the same directory is refused too.
+    let again = xception(&["train", &config, "--run-dir", &run]);
+    assert!(!again.status.success());
+    assert!(text(&again.stderr).contains("already holds checkpoints"));
+}
+
+#[test]
+fn ctrl_c_writes_a_checkpoint_and_exits_cleanly() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_config(dir.path(), 1000);
+    let run_dir = dir.path().join("run");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_xception"))
+        .args([
+            "train",
+            &config,
+            "--run-dir",
+            &run_dir.display().to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start training");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let mut seen = String::new();
+    for line in lines.by_ref() {
+        let line = line.expect("a line");
+        seen += &line;
+        seen.push('\n');
+        if line.contains("(run step 2)") {
+            break;
+        }
+    }
+    assert!(seen.contains("(run step 2)"), "{seen}");
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let output = child.wait_with_output().expect("exit");
+    let out = text(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(130),
+        "{seen}{}\n{out}",
+        rest.join("\n")
+    );
+    assert!(out.contains("continue with"), "{out}");
+    let newest = std::fs::read_dir(run_dir.join("checkpoints"))
+        .expect("checkpoints")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.join("state.json").is_file())
+        .max()
+        .expect("a checkpoint");
+    let state = std::fs::read_to_string(newest.join("state.json")).expect("state");
+    assert!(state.contains("\"reason\": \"interrupt\""), "{state}");
+}
