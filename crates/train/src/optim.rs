@@ -382,3 +382,224 @@ impl ModuleMapper for Update<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::nn::{Linear, LinearConfig};
+    use burn::tensor::Tolerance;
+
+    #[derive(Module, Debug)]
+    struct Tiny {
+        linear: Linear,
+    }
+
+    fn tiny(device: &Device) -> Tiny {
+        Tiny {
+            linear: LinearConfig::new(2, 2).init(device),
+        }
+    }
+
+    fn values<const D: usize>(tensor: Tensor<D>) -> Vec<f64> {
+        tensor
+            .into_data()
+            .convert::<f32>()
+            .iter::<f32>()
+            .map(f64::from)
+            .collect()
+    }
+
+    /// Gradients for the tiny model: the weight gets `gw`, the bias `gb`.
+    fn grads(
+        model: &Tiny,
+        gw: [f32; 4],
+        gb: [f32; 2],
+        device: &Device,
+    ) -> HashMap<ParamId, Tensor<1>> {
+        HashMap::from([
+            (model.linear.weight.id, Tensor::from_floats(gw, device)),
+            (
+                model.linear.bias.as_ref().expect("bias").id,
+                Tensor::from_floats(gb, device),
+            ),
+        ])
+    }
+
+    fn sgd(nesterov: bool) -> OptimizerConfig {
+        OptimizerConfig::Sgd {
+            momentum: 0.9,
+            dampening: 0.0,
+            nesterov,
+            weight_decay: 0.1,
+            decay_norm_and_bias: false,
+        }
+    }
+
+    fn assert_close(found: &[f64], expected: &[f64]) {
+        assert_eq!(found.len(), expected.len());
+        for (f, e) in found.iter().zip(expected) {
+            assert!((f - e).abs() < 1e-6, "{found:?} vs {expected:?}");
+        }
+    }
+
+    #[test]
+    fn sgd_follows_pytorch_with_decay_on_weights_only() {
+        let device = Device::flex();
+        for nesterov in [false, true] {
+            let model = tiny(&device);
+            let w0 = values(model.linear.weight.val());
+            let b0 = values(model.linear.bias.as_ref().expect("bias").val());
+            let (gw1, gb1) = ([0.1, -0.2, 0.3, 0.4], [0.5, -0.5]);
+            let (gw2, gb2) = ([-0.3, 0.1, 0.2, -0.1], [0.25, 0.75]);
+            let mut optimizer = Optimizer::new(sgd(nesterov));
+            let g = grads(&model, gw1, gb1, &device);
+            let model = optimizer.step(model, g, 0.1);
+            let g = grads(&model, gw2, gb2, &device);
+            let model = optimizer.step(model, g, 0.05);
+
+            // By hand, in f64: g' = g + wd * w (weights only); v = g' then v = mu v + g';
+            // step = v, or g' + mu v with Nesterov.
+            let run = |w0: &[f64], g1: &[f32], g2: &[f32], wd: f64| {
+                let mut w = w0.to_vec();
+                let mut v = vec![0.0; w.len()];
+                for (step, (g, lr)) in [(g1, 0.1), (g2, 0.05)].into_iter().enumerate() {
+                    for i in 0..w.len() {
+                        let g = f64::from(g[i]) + wd * w[i];
+                        v[i] = if step == 0 { g } else { 0.9 * v[i] + g };
+                        let d = if nesterov { g + 0.9 * v[i] } else { v[i] };
+                        w[i] -= lr * d;
+                    }
+                }
+                w
+            };
+            assert_close(
+                &values(model.linear.weight.val()),
+                &run(&w0, &gw1, &gw2, 0.1),
+            );
+            let bias = model.linear.bias.as_ref().expect("bias").val();
+            assert_close(&values(bias), &run(&b0, &gb1, &gb2, 0.0));
+        }
+    }
+
+    #[test]
+    fn rmsprop_follows_tensorflow_1() {
+        let device = Device::flex();
+        let model = tiny(&device);
+        let w0 = values(model.linear.weight.val());
+        let config = OptimizerConfig::Rmsprop {
+            momentum: 0.9,
+            decay: 0.9,
+            epsilon: 1.0,
+            weight_decay: 0.0,
+            decay_norm_and_bias: false,
+        };
+        let mut optimizer = Optimizer::new(config);
+        let (gw1, gw2) = ([0.1, -0.2, 0.3, 0.4], [-0.3, 0.1, 0.2, -0.1]);
+        let g = grads(&model, gw1, [0.0, 0.0], &device);
+        let model = optimizer.step(model, g, 0.01);
+        let g = grads(&model, gw2, [0.0, 0.0], &device);
+        let model = optimizer.step(model, g, 0.001);
+        let mut expected = w0.clone();
+        for i in 0..4 {
+            let (mut ms, mut mom) = (1.0, 0.0);
+            for (g, lr) in [(f64::from(gw1[i]), 0.01), (f64::from(gw2[i]), 0.001)] {
+                ms = 0.9 * ms + 0.1 * g * g;
+                mom = 0.9 * mom + lr * g / (ms + 1.0f64).sqrt();
+                expected[i] -= mom;
+            }
+        }
+        assert_close(&values(model.linear.weight.val()), &expected);
+    }
+
+    #[test]
+    fn state_reloads_into_a_fresh_model_by_path() {
+        let device = Device::flex();
+        let model = tiny(&device);
+        let mut optimizer = Optimizer::new(sgd(false));
+        let g = grads(&model, [0.1, 0.2, 0.3, 0.4], [0.5, 0.6], &device);
+        let model = optimizer.step(model, g, 0.1);
+        let saved: BTreeMap<String, TensorData> = optimizer
+            .state_tensors()
+            .into_iter()
+            .map(|(name, tensor)| (name, tensor.into_data()))
+            .collect();
+        assert_eq!(
+            saved.keys().collect::<Vec<_>>(),
+            ["linear.bias.velocity", "linear.weight.velocity"]
+        );
+
+        // A model rebuilt from the same weights has new parameter ids.
+        let rebuilt = Tiny {
+            linear: LinearConfig::new(2, 2).init(&device),
+        }
+        .load_record(model.clone().into_record());
+        let mut reloaded = Optimizer::new(sgd(false));
+        reloaded
+            .load_state(&rebuilt, saved.clone(), &device)
+            .expect("fits");
+        let g = grads(&model, [0.0, 0.1, 0.0, 0.1], [0.1, 0.0], &device);
+        let continued = optimizer.step(model, g, 0.1);
+        let g = grads(&rebuilt, [0.0, 0.1, 0.0, 0.1], [0.1, 0.0], &device);
+        let from_file = reloaded.step(rebuilt, g, 0.1);
+        from_file
+            .linear
+            .weight
+            .val()
+            .into_data()
+            .assert_approx_eq::<f32>(
+                &continued.linear.weight.val().into_data(),
+                Tolerance::absolute(0.0),
+            );
+
+        let mut wrong = saved.clone();
+        wrong.insert(
+            "linear.gamma.velocity".into(),
+            TensorData::new(vec![0f32; 2], [2]),
+        );
+        let error = reloaded
+            .load_state(&from_file, wrong, &device)
+            .expect_err("unknown");
+        assert!(
+            error.to_string().contains("linear.gamma.velocity"),
+            "{error}"
+        );
+        let mut short = saved;
+        short.insert(
+            "linear.weight.velocity".into(),
+            TensorData::new(vec![0f32; 3], [3]),
+        );
+        let error = reloaded
+            .load_state(&from_file, short, &device)
+            .expect_err("size");
+        assert!(
+            error.to_string().contains("3 values, the parameter has 4"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn accumulated_gradients_are_averaged_and_clipped_by_global_norm() {
+        let device = Device::flex().autodiff();
+        let model = tiny(&device);
+        let x = Tensor::<2>::from_floats([[1.0, 2.0]], &device);
+        let mut sum = GradientSum::default();
+        for scale in [1.0, 3.0] {
+            let loss = model.linear.forward(x.clone()).sum().mul_scalar(scale);
+            sum.add(&model, GradientsParams::from_grads(loss.backward(), &model));
+        }
+        assert_eq!(sum.batches(), 2);
+        // d(sum(W x + b))/dW = x for each output row, /db = 1; mean scale 2.
+        let expected_norm = (2.0f64 * 2.0 * (1.0 + 4.0) * 2.0 + 2.0 * 2.0 * 2.0).sqrt();
+        let (grads, norm) = sum.finish(Some(1.0));
+        assert!(
+            (norm - expected_norm).abs() < 1e-5,
+            "{norm} vs {expected_norm}"
+        );
+        let clipped: f64 = grads
+            .values()
+            .map(|g| values(g.clone()).iter().map(|v| v * v).sum::<f64>())
+            .sum::<f64>()
+            .sqrt();
+        assert!((clipped - 1.0).abs() < 1e-5, "{clipped}");
+    }
+}

@@ -315,7 +315,12 @@ impl Run<'_> {
                 state: self.state.clone(),
             },
         )?;
-        let best = self.state.best.as_ref().map(|b| b.checkpoint.as_str());
+        let best = self
+            .state
+            .best
+            .as_ref()
+            .filter(|_| self.config.checkpoints.keep_best)
+            .map(|b| b.checkpoint.as_str());
         checkpoint::prune(&self.checkpoints, self.config.checkpoints.keep_last, best)?;
         reporter.note(&format!("checkpoint {} ({reason})", path.display()));
         self.last_checkpoint = Some(path.clone());
@@ -471,6 +476,29 @@ pub fn train(
             (state, ClassificationMeter::default())
         }
     };
+    if let Some(resume) = &resume {
+        // Checkpoints after the one resumed from belong to an abandoned continuation: moved
+        // aside (never deleted), so that `--resume auto` cannot pick them up later.
+        let newer: Vec<PathBuf> = checkpoint::list(&checkpoints)?
+            .into_iter()
+            .filter(|(step, path)| *step > resume.state.step && *path != resume.dir)
+            .map(|(_, path)| path)
+            .collect();
+        if !newer.is_empty() {
+            let aside = checkpoints.join(format!("superseded-at-step-{}", resume.state.step));
+            std::fs::create_dir_all(&aside).map_err(io_error(&aside))?;
+            for path in newer {
+                if let Some(name) = path.file_name() {
+                    let target = aside.join(name);
+                    std::fs::rename(&path, &target).map_err(io_error(&path))?;
+                }
+            }
+            reporter.note(&format!(
+                "checkpoints newer than the one resumed from were moved to {}",
+                aside.display()
+            ));
+        }
+    }
     let config_path = run_dir.join("config.toml");
     std::fs::write(&config_path, &config_toml).map_err(io_error(&config_path))?;
     let (mut log, kept_rows) = MetricsLog::open(run_dir, resume.as_ref().map(|r| r.state.step))
@@ -489,7 +517,7 @@ pub fn train(
         start_step: state.step,
         total_steps: steps_per_epoch * epochs,
         images_per_step: batch_size * accumulation,
-        device: format!("{device:?}"),
+        device: config.training.device.clone(),
     });
 
     let mut run = Run {

@@ -276,6 +276,18 @@ fn a_damaged_checkpoint_is_named_and_the_others_survive() {
     .expect("resume from the older checkpoint");
     assert_eq!(summary.steps, 5);
     assert!(!checkpoints.join(".tmp-step-000000009").exists());
+    // The checkpoint after the one resumed from is moved aside, not deleted, and no longer
+    // what `--resume auto` finds.
+    assert!(
+        checkpoints
+            .join("superseded-at-step-3/step-000000004/state.json")
+            .is_file()
+    );
+    assert!(
+        checkpoint::latest(&checkpoints)
+            .expect("latest")
+            .ends_with("step-000000005")
+    );
 }
 
 #[test]
