@@ -187,18 +187,11 @@ fn run(command: Command) -> Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
-        other => run_other(other).map(|()| ExitCode::SUCCESS),
-    }
-}
-
-fn run_other(command: Command) -> Result<()> {
-    match command {
-        Command::Train { .. } => unreachable!("handled by run"),
         Command::Info {
             config,
             json,
             device,
-        } => info::run(config.as_deref(), json, device),
+        } => info::run(config.as_deref(), json, device).map(|()| ExitCode::SUCCESS),
         Command::Data {
             command:
                 DataCommand::Synth {
@@ -218,7 +211,8 @@ fn run_other(command: Command) -> Result<()> {
                 size,
                 seed,
             },
-        ),
+        )
+        .map(|()| ExitCode::SUCCESS),
         Command::Data {
             command:
                 DataCommand::Check {
@@ -232,7 +226,7 @@ fn run_other(command: Command) -> Result<()> {
                 SplitChoice::Train => Split::Train,
                 SplitChoice::Val => Split::Val,
             });
-            data::run_check(&dir, layout, split, json)
+            data::run_check(&dir, layout, split, json).map(|()| ExitCode::SUCCESS)
         }
         Command::Bench {
             target: BenchTarget::Inference,
@@ -255,7 +249,7 @@ fn run_other(command: Command) -> Result<()> {
                 result.images_per_second,
                 result.seconds.len()
             );
-            emit_results(&out, json, &result, &summary)
+            emit_results(&out, json, &result, &summary).map(|()| ExitCode::SUCCESS)
         }
         Command::Bench {
             data_dir,
@@ -286,7 +280,7 @@ fn run_other(command: Command) -> Result<()> {
                     result.threads, result.images_per_second
                 );
             }
-            emit_results(&out, json, &report, &summary)
+            emit_results(&out, json, &report, &summary).map(|()| ExitCode::SUCCESS)
         }
     }
 }
