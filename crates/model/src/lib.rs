@@ -7,6 +7,7 @@
 
 pub mod architecture;
 pub mod config;
+pub mod interop;
 mod xception;
 
 pub use architecture::{BlockSummary, LayerSummary, Summary};

@@ -1,0 +1,610 @@
+//! Weight names and layouts of other frameworks: timm's `legacy_xception` (PyTorch) and Keras'
+//! `applications/xception.py`. [`slots`] lists, for a configuration, every tensor of the
+//! model with its Burn path and its timm and Keras names; [`export`] and [`import`] are the
+//! single remapping functions built on it.
+//!
+//! Layouts: Burn stores convolutions as PyTorch does (`[out, in/groups, kh, kw]`) and linear
+//! weights as `[in, out]`. timm's `fc.weight` is `[out, in]`. Keras stores convolution kernels
+//! as `[kh, kw, in, out]`, depthwise kernels as `[kh, kw, channels, 1]`, pointwise kernels as
+//! `[1, 1, in, out]` and dense kernels as `[in, out]`.
+//!
+//! Keras leaves the four residual convolutions and their BatchNorms unnamed (`conv2d`,
+//! `conv2d_1`, ... and `batch_normalization`, ...); their numbers depend on what the saving
+//! session built before, so they are matched by order.
+
+use std::collections::BTreeMap;
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::tensor::{Tensor, TensorData};
+
+use crate::config::XceptionConfig;
+use crate::xception::Xception;
+
+/// A foreign naming and layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// timm's `legacy_xception` state dict (PyTorch layouts).
+    Timm,
+    /// Keras' Xception weights (TensorFlow layouts).
+    Keras,
+}
+
+/// What a tensor is, which decides its layout in each format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A dense convolution kernel.
+    Conv,
+    /// A depthwise convolution kernel.
+    Depthwise,
+    /// A 1x1 convolution kernel.
+    Pointwise,
+    /// BatchNorm scale.
+    Gamma,
+    /// BatchNorm shift.
+    Beta,
+    /// BatchNorm running mean.
+    Mean,
+    /// BatchNorm running variance.
+    Variance,
+    /// The classifier's weight matrix.
+    DenseWeight,
+    /// The classifier's bias.
+    DenseBias,
+}
+
+/// One tensor of the model under its three names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    /// Path in the Burn module (`entry_flow.0.sepconv1.depthwise.weight`).
+    pub burn: String,
+    /// Key in timm's `legacy_xception` state dict (`block1.rep.0.conv1.weight`).
+    pub timm: String,
+    /// Keras `layer/weight` (`block2_sepconv1/depthwise_kernel`).
+    pub keras: String,
+    /// What it is.
+    pub kind: Kind,
+}
+
+impl Slot {
+    /// The name in `format`.
+    pub fn name(&self, format: Format) -> &str {
+        match format {
+            Format::Timm => &self.timm,
+            Format::Keras => &self.keras,
+        }
+    }
+}
+
+/// Weights that do not fit the model.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InteropError {
+    /// A tensor the model needs is absent.
+    #[error("tensor `{0}` is missing")]
+    Missing(String),
+    /// A tensor has no place in the model.
+    #[error("tensor `{0}` has no place in this model (is the model config right?)")]
+    Unexpected(String),
+    /// A tensor's shape differs from what the model needs.
+    #[error("tensor `{key}` has shape {found:?}, the model needs {expected:?}")]
+    Shape {
+        /// The tensor's name.
+        key: String,
+        /// The shape the model needs, in the file's layout.
+        expected: Vec<usize>,
+        /// The shape found.
+        found: Vec<usize>,
+    },
+    /// A tensor's values are not floats.
+    #[error("tensor `{key}`: {reason}")]
+    Values {
+        /// The tensor's name.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn bn_slots(slots: &mut Vec<Slot>, burn: &str, timm: &str, keras: &str) {
+    for (kind, b, t, k) in [
+        (Kind::Gamma, "gamma", "weight", "gamma"),
+        (Kind::Beta, "beta", "bias", "beta"),
+        (Kind::Mean, "running_mean", "running_mean", "moving_mean"),
+        (Kind::Variance, "running_var", "running_var", "moving_variance"),
+    ] {
+        slots.push(Slot {
+            burn: format!("{burn}.{b}"),
+            timm: format!("{timm}.{t}"),
+            keras: format!("{keras}/{k}"),
+            kind,
+        });
+    }
+}
+
+fn conv_bn_slots(slots: &mut Vec<Slot>, burn: &str, timm: (&str, &str), keras: (&str, &str)) {
+    slots.push(Slot {
+        burn: format!("{burn}.conv.weight"),
+        timm: format!("{}.weight", timm.0),
+        keras: format!("{}/kernel", keras.0),
+        kind: Kind::Conv,
+    });
+    bn_slots(slots, &format!("{burn}.bn"), timm.1, keras.1);
+}
+
+/// A separable convolution + BN: `timm_sep` names the `SeparableConv2d`, `timm_bn` its BN.
+fn sep_slots(slots: &mut Vec<Slot>, burn: &str, timm_sep: &str, timm_bn: &str, keras: &str) {
+    slots.push(Slot {
+        burn: format!("{burn}.depthwise.weight"),
+        timm: format!("{timm_sep}.conv1.weight"),
+        keras: format!("{keras}/depthwise_kernel"),
+        kind: Kind::Depthwise,
+    });
+    slots.push(Slot {
+        burn: format!("{burn}.pointwise.weight"),
+        timm: format!("{timm_sep}.pointwise.weight"),
+        keras: format!("{keras}/pointwise_kernel"),
+        kind: Kind::Pointwise,
+    });
+    bn_slots(slots, &format!("{burn}.bn"), timm_bn, &format!("{keras}_bn"));
+}
+
+/// The name Keras gives the `index`-th unnamed layer of `base` (`conv2d`, `conv2d_1`, ...).
+fn keras_unnamed(base: &str, index: usize) -> String {
+    if index == 0 {
+        base.to_string()
+    } else {
+        format!("{base}_{index}")
+    }
+}
+
+/// A downsampling block: timm's `Block` with `rep` indices depending on the leading ReLU.
+fn downsample_slots(
+    slots: &mut Vec<Slot>,
+    burn: &str,
+    timm: &str,
+    keras_block: usize,
+    relu_first: bool,
+    residual: Option<usize>,
+) {
+    let first = usize::from(relu_first);
+    for (i, rep) in [first, first + 3].into_iter().enumerate() {
+        sep_slots(
+            slots,
+            &format!("{burn}.sepconv{}", i + 1),
+            &format!("{timm}.rep.{rep}"),
+            &format!("{timm}.rep.{}", rep + 1),
+            &format!("block{keras_block}_sepconv{}", i + 1),
+        );
+    }
+    if let Some(index) = residual {
+        conv_bn_slots(
+            slots,
+            &format!("{burn}.residual"),
+            (&format!("{timm}.skip"), &format!("{timm}.skipbn")),
+            (
+                &keras_unnamed("conv2d", index),
+                &keras_unnamed("batch_normalization", index),
+            ),
+        );
+    }
+}
+
+/// Every tensor of the model that `config` describes, in the order of the network.
+pub fn slots(config: &XceptionConfig) -> Vec<Slot> {
+    let mut slots = Vec::new();
+    conv_bn_slots(
+        &mut slots,
+        "stem.conv1",
+        ("conv1", "bn1"),
+        ("block1_conv1", "block1_conv1_bn"),
+    );
+    conv_bn_slots(
+        &mut slots,
+        "stem.conv2",
+        ("conv2", "bn2"),
+        ("block1_conv2", "block1_conv2_bn"),
+    );
+    let mut residuals = 0..;
+    let mut next_residual = || {
+        config
+            .residual
+            .then(|| residuals.next().unwrap_or_default())
+    };
+    for i in 0..3 {
+        downsample_slots(
+            &mut slots,
+            &format!("entry_flow.{i}"),
+            &format!("block{}", i + 1),
+            i + 2,
+            i > 0,
+            next_residual(),
+        );
+    }
+    let middle = config.middle_blocks;
+    for i in 0..middle {
+        for j in 0..3 {
+            sep_slots(
+                &mut slots,
+                &format!("middle_flow.{i}.sepconvs.{j}"),
+                &format!("block{}.rep.{}", i + 4, 3 * j + 1),
+                &format!("block{}.rep.{}", i + 4, 3 * j + 2),
+                &format!("block{}_sepconv{}", i + 5, j + 1),
+            );
+        }
+    }
+    downsample_slots(
+        &mut slots,
+        "exit_block",
+        &format!("block{}", middle + 4),
+        middle + 5,
+        true,
+        next_residual(),
+    );
+    for (i, (timm_sep, timm_bn)) in [("conv3", "bn3"), ("conv4", "bn4")].into_iter().enumerate() {
+        sep_slots(
+            &mut slots,
+            &format!("final_block.sepconv{}", i + 1),
+            timm_sep,
+            timm_bn,
+            &format!("block{}_sepconv{}", middle + 6, i + 1),
+        );
+    }
+    slots.push(Slot {
+        burn: "predictions.weight".into(),
+        timm: "fc.weight".into(),
+        keras: "predictions/kernel".into(),
+        kind: Kind::DenseWeight,
+    });
+    slots.push(Slot {
+        burn: "predictions.bias".into(),
+        timm: "fc.bias".into(),
+        keras: "predictions/bias".into(),
+        kind: Kind::DenseBias,
+    });
+    slots
+}
+
+/// Whether timm's `legacy_xception` has exactly this architecture (any number of classes).
+pub fn timm_compatible(config: &XceptionConfig) -> bool {
+    config.middle_blocks == 8
+        && config.width == 1.0
+        && config.residual
+        && config.mid_activation == crate::MidActivation::None
+}
+
+/// `[a, b, c, d]` permuted so that output axis `i` is input axis `order[i]`.
+fn permute(values: &[f32], shape: &[usize], order: [usize; 4]) -> (Vec<f32>, Vec<usize>) {
+    let out_shape: Vec<usize> = order.iter().map(|&axis| shape[axis]).collect();
+    let mut in_strides = [0usize; 4];
+    let mut stride = 1;
+    for axis in (0..4).rev() {
+        in_strides[axis] = stride;
+        stride *= shape[axis];
+    }
+    let mut out = Vec::with_capacity(values.len());
+    for a in 0..out_shape[0] {
+        for b in 0..out_shape[1] {
+            for c in 0..out_shape[2] {
+                for d in 0..out_shape[3] {
+                    let index = a * in_strides[order[0]]
+                        + b * in_strides[order[1]]
+                        + c * in_strides[order[2]]
+                        + d * in_strides[order[3]];
+                    out.push(values[index]);
+                }
+            }
+        }
+    }
+    (out, out_shape)
+}
+
+fn transpose2(values: &[f32], shape: &[usize]) -> (Vec<f32>, Vec<usize>) {
+    let (rows, cols) = (shape[0], shape[1]);
+    let mut out = Vec::with_capacity(values.len());
+    for c in 0..cols {
+        for r in 0..rows {
+            out.push(values[r * cols + c]);
+        }
+    }
+    (out, vec![cols, rows])
+}
+
+/// A Burn-layout tensor in `format`'s layout.
+pub fn to_format(format: Format, kind: Kind, values: &[f32], shape: &[usize]) -> (Vec<f32>, Vec<usize>) {
+    match (format, kind) {
+        (Format::Timm, Kind::DenseWeight) => transpose2(values, shape),
+        // [out, in/g, kh, kw] -> [kh, kw, in/g, out] (a depthwise [c, 1, kh, kw] needs
+        // [kh, kw, c, 1]: the same axes in a different order).
+        (Format::Keras, Kind::Conv | Kind::Pointwise) => permute(values, shape, [2, 3, 1, 0]),
+        (Format::Keras, Kind::Depthwise) => permute(values, shape, [2, 3, 0, 1]),
+        _ => (values.to_vec(), shape.to_vec()),
+    }
+}
+
+/// A `format`-layout tensor in Burn's layout.
+pub fn from_format(format: Format, kind: Kind, values: &[f32], shape: &[usize]) -> (Vec<f32>, Vec<usize>) {
+    match (format, kind) {
+        (Format::Timm, Kind::DenseWeight) => transpose2(values, shape),
+        (Format::Keras, Kind::Conv | Kind::Pointwise) => permute(values, shape, [3, 2, 0, 1]),
+        (Format::Keras, Kind::Depthwise) => permute(values, shape, [2, 3, 0, 1]),
+        _ => (values.to_vec(), shape.to_vec()),
+    }
+}
+
+/// The shape a tensor has in `format`, given its Burn shape.
+fn format_shape(format: Format, kind: Kind, shape: &[usize]) -> Vec<usize> {
+    match (format, kind) {
+        (Format::Timm, Kind::DenseWeight) => vec![shape[1], shape[0]],
+        (Format::Keras, Kind::Conv | Kind::Pointwise) => vec![shape[2], shape[3], shape[1], shape[0]],
+        (Format::Keras, Kind::Depthwise) => vec![shape[2], shape[3], shape[0], shape[1]],
+        _ => shape.to_vec(),
+    }
+}
+
+/// Every float tensor of a module by path, as host data.
+#[derive(Default)]
+struct Gather {
+    path: Vec<String>,
+    tensors: BTreeMap<String, TensorData>,
+}
+
+impl ModuleVisitor for Gather {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let data = param.val().into_data().convert::<f32>();
+        self.tensors.insert(self.path.join("."), data);
+    }
+}
+
+/// Replaces float tensors by path, keeping each parameter's id and gradient requirement.
+struct Replace {
+    path: Vec<String>,
+    tensors: BTreeMap<String, TensorData>,
+}
+
+impl ModuleMapper for Replace {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let Some(data) = self.tensors.remove(&self.path.join(".")) else {
+            return param;
+        };
+        param.map(|tensor| {
+            let require_grad = tensor.is_require_grad();
+            let replaced = Tensor::<D>::from_data(data, &tensor.device());
+            if require_grad {
+                replaced.require_grad()
+            } else {
+                replaced
+            }
+        })
+    }
+}
+
+fn values_of(key: &str, data: &TensorData) -> Result<Vec<f32>, InteropError> {
+    data.clone()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| InteropError::Values {
+            key: key.to_string(),
+            reason: format!("{e:?}"),
+        })
+}
+
+/// The model's tensors under `format`'s names and layouts, in network order.
+pub fn export(model: &Xception, config: &XceptionConfig, format: Format) -> Vec<(String, TensorData)> {
+    let mut gather = Gather::default();
+    model.visit(&mut gather);
+    slots(config)
+        .into_iter()
+        .filter_map(|slot| {
+            let data = gather.tensors.remove(&slot.burn)?;
+            let shape = data.shape().to_vec();
+            let values = data.try_into_vec::<f32>().ok()?;
+            let (values, shape) = to_format(format, slot.kind, &values, &shape);
+            Some((slot.name(format).to_string(), TensorData::new(values, shape)))
+        })
+        .collect()
+}
+
+/// Renames Keras' unnamed layers (`conv2d_7`, `batch_normalization_12`, ...) to the names a
+/// fresh session gives them (`conv2d`, `conv2d_1`, ...), keeping their order.
+fn canonical_keras_names(
+    tensors: BTreeMap<String, TensorData>,
+) -> BTreeMap<String, TensorData> {
+    let mut renamed = BTreeMap::new();
+    let mut unnamed: BTreeMap<&str, Vec<(usize, String)>> = BTreeMap::new();
+    for key in tensors.keys() {
+        let layer = key.split('/').next().unwrap_or_default();
+        for base in ["conv2d", "batch_normalization"] {
+            let number = if layer == base {
+                Some(0)
+            } else {
+                layer
+                    .strip_prefix(base)
+                    .and_then(|rest| rest.strip_prefix('_'))
+                    .and_then(|n| n.parse::<usize>().ok())
+            };
+            if let Some(number) = number {
+                let list = unnamed.entry(base).or_default();
+                if !list.iter().any(|(_, l)| l == layer) {
+                    list.push((number, layer.to_string()));
+                }
+            }
+        }
+    }
+    let mut rename: BTreeMap<String, String> = BTreeMap::new();
+    for (base, mut layers) in unnamed {
+        layers.sort();
+        for (index, (_, layer)) in layers.into_iter().enumerate() {
+            rename.insert(layer, keras_unnamed(base, index));
+        }
+    }
+    for (key, data) in tensors {
+        let key = key.trim_end_matches(":0").to_string();
+        let (layer, weight) = key.split_once('/').unwrap_or((key.as_str(), ""));
+        let layer = rename.get(layer).map_or(layer, String::as_str);
+        renamed.insert(format!("{layer}/{weight}"), data);
+    }
+    renamed
+}
+
+/// Loads `tensors` (named and laid out as `format`) into `model`, which `config` describes.
+/// Every tensor the model needs must be there with the right shape, and nothing else
+/// (timm's `num_batches_tracked` counters excepted).
+pub fn import(
+    model: Xception,
+    config: &XceptionConfig,
+    format: Format,
+    tensors: BTreeMap<String, TensorData>,
+) -> Result<Xception, InteropError> {
+    let mut tensors = match format {
+        Format::Keras => canonical_keras_names(tensors),
+        Format::Timm => tensors
+            .into_iter()
+            .filter(|(key, _)| !key.ends_with("num_batches_tracked"))
+            .collect(),
+    };
+    let mut gather = Gather::default();
+    model.visit(&mut gather);
+    let mut burn = BTreeMap::new();
+    for slot in slots(config) {
+        let key = slot.name(format).to_string();
+        let data = tensors
+            .remove(&key)
+            .ok_or_else(|| InteropError::Missing(key.clone()))?;
+        let Some(target) = gather.tensors.get(&slot.burn) else {
+            continue;
+        };
+        let expected = format_shape(format, slot.kind, target.shape());
+        if data.shape().to_vec() != expected {
+            return Err(InteropError::Shape {
+                key,
+                expected,
+                found: data.shape().to_vec(),
+            });
+        }
+        let values = values_of(&key, &data)?;
+        let (values, shape) = from_format(format, slot.kind, &values, &expected);
+        burn.insert(slot.burn, TensorData::new(values, shape));
+    }
+    if let Some(extra) = tensors.keys().next() {
+        return Err(InteropError::Unexpected(extra.clone()));
+    }
+    let mut replace = Replace {
+        path: Vec::new(),
+        tensors: burn,
+    };
+    Ok(model.map(&mut replace))
+}
+
+/// The model's float tensors by Burn path (for tests and for reading a module back).
+pub fn tensors_by_path(model: &Xception) -> BTreeMap<String, TensorData> {
+    let mut gather = Gather::default();
+    model.visit(&mut gather);
+    gather.tensors
+}
+
+/// Deterministic weights and inputs shared with `scripts/make_parity_fixtures.py`, which
+/// computes Keras' outputs for them: parity is checked without committing a weights file.
+pub mod reference {
+    use std::collections::BTreeMap;
+
+    use burn::tensor::{Device, Tensor, TensorData};
+
+    use super::{Format, Kind, format_shape, slots};
+    use crate::config::XceptionConfig;
+
+    fn fnv1a(text: &str) -> u64 {
+        let mut hash: u32 = 0x811c_9dc5;
+        for byte in text.bytes() {
+            hash = (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193);
+        }
+        u64::from(hash)
+    }
+
+    fn splitmix64(x: u64) -> u64 {
+        let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// The value of element `index` of the Keras weight `name` (`layer/weight`) of shape
+    /// `shape` (Keras layout).
+    fn value(name: &str, shape: &[usize], index: usize, key: u64) -> f32 {
+        let noise = (splitmix64(key + index as u64) >> 40) as f64 / f64::from(1u32 << 23) - 1.0;
+        let weight = name.rsplit('/').next().unwrap_or_default();
+        let value = match weight {
+            "kernel" if shape.len() == 4 => {
+                noise * (4.0 / (shape[0] * shape[1] * shape[2]) as f64).sqrt()
+            }
+            "depthwise_kernel" => noise * (4.0 / (shape[0] * shape[1]) as f64).sqrt(),
+            "pointwise_kernel" => noise * (4.0 / shape[2] as f64).sqrt(),
+            "kernel" => noise * (3.0 / shape[0] as f64).sqrt(),
+            "gamma" => 1.0 + 0.2 * noise,
+            "moving_variance" => 1.5 + 0.5 * noise,
+            _ => 0.1 * noise,
+        };
+        value as f32
+    }
+
+    /// Every weight of the model `config` describes, under its Keras name and in Keras'
+    /// layout, set by the formula of `make_parity_fixtures.py`.
+    pub fn keras_weights(config: &XceptionConfig) -> BTreeMap<String, TensorData> {
+        let model_shapes = burn_shapes(config);
+        slots(config)
+            .into_iter()
+            .map(|slot| {
+                let shape = format_shape(Format::Keras, slot.kind, &model_shapes(&slot.burn, slot.kind));
+                let key = fnv1a(&slot.keras) << 32;
+                let n: usize = shape.iter().product();
+                let values: Vec<f32> = (0..n).map(|i| value(&slot.keras, &shape, i, key)).collect();
+                (slot.keras, TensorData::new(values, shape))
+            })
+            .collect()
+    }
+
+    /// A function giving each tensor's Burn shape from the analytic plan of `config`.
+    fn burn_shapes(config: &XceptionConfig) -> impl Fn(&str, Kind) -> Vec<usize> {
+        let model = crate::Xception::new(config, &Device::flex());
+        let shapes: BTreeMap<String, Vec<usize>> = model
+            .map(|m| {
+                super::tensors_by_path(&m)
+                    .into_iter()
+                    .map(|(path, data)| (path, data.shape().to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        move |path, _kind| shapes.get(path).cloned().unwrap_or_default()
+    }
+
+    /// The parity input: `batch` images of `size` x `size`, NCHW, in [-1, 1].
+    pub fn input(batch: usize, size: usize, device: &Device) -> Tensor<4> {
+        let mut values = Vec::with_capacity(batch * 3 * size * size);
+        for n in 0..batch {
+            for c in 0..3 {
+                for h in 0..size {
+                    for w in 0..size {
+                        let (n, c, h, w) = (n as f64, c as f64, h as f64, w as f64);
+                        let x = ((0.05 + 0.11 * n) * h + (0.09 - 0.04 * n) * w + 1.7 * c + n).sin();
+                        values.push(x as f32);
+                    }
+                }
+            }
+        }
+        Tensor::from_data(TensorData::new(values, [batch, 3, size, size]), device)
+    }
+}

@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""Reference outputs of Keras' Xception for the parity test (crates/model/tests/parity.rs).
+
+Every weight is set by a formula of its Keras name and flat index (the Rust test computes the
+same values), so no weights file is committed: only the logits for a formula-made input and a
+sample of the weights after one SGD step. Run with TensorFlow/Keras 3 installed:
+
+    python scripts/make_parity_fixtures.py crates/model/tests/fixtures/keras_parity.json
+
+Unnamed layers (the four residual convolutions and their BatchNorms) are named by order,
+`conv2d`, `conv2d_1`, ... as a fresh session names them.
+"""
+import json
+import math
+import sys
+
+import numpy as np
+import keras
+import tensorflow as tf
+
+SIZE, CLASSES, BATCH = 71, 5, 2
+LABELS = [1, 3]
+LR, MOMENTUM = 0.045, 0.9
+
+
+def fnv1a(text):
+    h = 0x811C9DC5
+    for byte in text.encode():
+        h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return h
+
+
+MASK = (1 << 64) - 1
+
+
+def splitmix64(x):
+    """Bit-exact in Python integers and in Rust's wrapping u64 arithmetic."""
+    z = (x + 0x9E3779B97F4A7C15) & MASK
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK
+    return z ^ (z >> 31)
+
+
+def uniform(name, n):
+    """n values in [-1, 1), 24 random bits each: exact in f32 on both sides."""
+    key = fnv1a(name) << 32
+    bits = np.array([splitmix64(key + i) >> 40 for i in range(n)], dtype=np.float64)
+    return bits / float(1 << 23) - 1.0
+
+
+def formula(name, shape):
+    """Keep in sync with `formula` in crates/model/tests/parity.rs."""
+    n = int(np.prod(shape))
+    noise = uniform(name, n)
+    weight = name.split("/")[-1]
+    if weight == "kernel" and len(shape) == 4:  # [kh, kw, in, out]
+        values = noise * math.sqrt(4.0 / (shape[0] * shape[1] * shape[2]))
+    elif weight == "depthwise_kernel":  # [kh, kw, c, 1]
+        values = noise * math.sqrt(4.0 / (shape[0] * shape[1]))
+    elif weight == "pointwise_kernel":  # [1, 1, in, out]
+        values = noise * math.sqrt(4.0 / shape[2])
+    elif weight == "kernel":  # dense [in, out]
+        values = noise * math.sqrt(3.0 / shape[0])
+    elif weight == "gamma":
+        values = 1.0 + 0.2 * noise
+    elif weight in ("beta", "moving_mean", "bias"):
+        values = 0.1 * noise
+    elif weight == "moving_variance":
+        values = 1.5 + 0.5 * noise
+    else:
+        raise ValueError(name)
+    return values.astype(np.float32).reshape(shape)
+
+
+def inputs():
+    """[BATCH, SIZE, SIZE, 3] in [-1, 1]; keep in sync with parity.rs."""
+    n, h, w, c = np.meshgrid(
+        np.arange(BATCH), np.arange(SIZE), np.arange(SIZE), np.arange(3), indexing="ij"
+    )
+    return np.sin((0.05 + 0.11 * n) * h + (0.09 - 0.04 * n) * w + 1.7 * c + n).astype(np.float32)
+
+
+def canonical_names(model):
+    """`layer/weight` for every weight, unnamed layers renamed by order."""
+    counters, rename, names = {}, {}, []
+    for layer in model.layers:
+        for base in ("conv2d", "batch_normalization"):
+            if layer.name == base or layer.name.startswith(base + "_"):
+                index = counters.get(base, 0)
+                counters[base] = index + 1
+                rename[layer.name] = base if index == 0 else f"{base}_{index}"
+    for layer in model.layers:
+        for weight in layer.weights:
+            short = weight.path.split("/")[-1] if hasattr(weight, "path") else weight.name
+            short = short.split(":")[0]
+            names.append((f"{rename.get(layer.name, layer.name)}/{short}", weight))
+    return names
+
+
+def main(out):
+    keras.utils.set_random_seed(0)
+    model = keras.applications.Xception(
+        include_top=True,
+        weights=None,
+        input_shape=(SIZE, SIZE, 3),
+        classes=CLASSES,
+        classifier_activation=None,
+    )
+    weights = canonical_names(model)
+    for name, weight in weights:
+        weight.assign(formula(name, tuple(weight.shape)))
+    x = inputs()
+    logits = model(x, training=False).numpy()
+
+    optimizer = keras.optimizers.SGD(learning_rate=LR, momentum=MOMENTUM)
+    labels = np.array(LABELS)
+    with tf.GradientTape() as tape:
+        train_logits = model(x, training=True)
+        loss = tf.reduce_mean(
+            keras.losses.sparse_categorical_crossentropy(labels, train_logits, from_logits=True)
+        )
+    trainable = model.trainable_variables
+    grads = tape.gradient(loss, trainable)
+    optimizer.apply_gradients(zip(grads, trainable))
+
+    updated = {}
+    for name, weight in weights:
+        flat = np.asarray(weight.numpy(), dtype=np.float32).reshape(-1)
+        n = flat.size
+        picks = sorted({0, n // 3, (2 * n) // 3, n - 1})
+        updated[name] = {
+            "shape": list(weight.shape),
+            "indices": picks,
+            "values": [float(flat[i]) for i in picks],
+        }
+    fixture = {
+        "about": "Keras Xception with formula weights; see scripts/make_parity_fixtures.py",
+        "keras": keras.__version__,
+        "tensorflow": tf.__version__,
+        "size": SIZE,
+        "classes": CLASSES,
+        "labels": LABELS,
+        "lr": LR,
+        "momentum": MOMENTUM,
+        "logits": logits.tolist(),
+        "train_logits": train_logits.numpy().tolist(),
+        "train_loss": float(loss.numpy()),
+        "after_one_step": updated,
+    }
+    with open(out, "w") as f:
+        json.dump(fixture, f, indent=1)
+    print(f"wrote {out}: logits {logits.round(4).tolist()}, loss {float(loss):.6f}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "keras_parity.json")
