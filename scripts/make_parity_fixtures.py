@@ -3,7 +3,8 @@
 
 Every weight is set by a formula of its Keras name and flat index (the Rust test computes the
 same values), so no weights file is committed: only the logits for a formula-made input and a
-sample of the weights after one SGD step. Run with TensorFlow/Keras 3 installed:
+sample of the weights after one SGD step, computed in float64 (Keras' own float32 step is
+recorded as a measure of float32 noise). Run with TensorFlow/Keras 3 installed:
 
     python scripts/make_parity_fixtures.py crates/model/tests/fixtures/keras_parity.json
 
@@ -97,7 +98,11 @@ def canonical_names(model):
     return names
 
 
-def main(out):
+def run(floatx):
+    """Logits, training-mode logits and loss, and sampled weights after one SGD step."""
+    keras.config.set_floatx(floatx)
+    keras.config.set_dtype_policy(floatx)
+    dtype = np.float32 if floatx == "float32" else np.float64
     keras.utils.set_random_seed(0)
     model = keras.applications.Xception(
         include_top=True,
@@ -108,8 +113,8 @@ def main(out):
     )
     weights = canonical_names(model)
     for name, weight in weights:
-        weight.assign(formula(name, tuple(weight.shape)))
-    x = inputs()
+        weight.assign(formula(name, tuple(weight.shape)).astype(dtype))
+    x = inputs().astype(dtype)
     logits = model(x, training=False).numpy()
 
     optimizer = keras.optimizers.SGD(learning_rate=LR, momentum=MOMENTUM)
@@ -125,7 +130,7 @@ def main(out):
 
     updated = {}
     for name, weight in weights:
-        flat = np.asarray(weight.numpy(), dtype=np.float32).reshape(-1)
+        flat = np.asarray(weight.numpy(), dtype=np.float64).reshape(-1)
         n = flat.size
         picks = sorted({0, n // 3, (2 * n) // 3, n - 1})
         updated[name] = {
@@ -133,6 +138,19 @@ def main(out):
             "indices": picks,
             "values": [float(flat[i]) for i in picks],
         }
+    return logits, train_logits.numpy(), float(loss.numpy()), updated
+
+
+def main(out):
+    logits, train_logits, loss, updated32 = run("float32")
+    logits64, _, loss64, updated64 = run("float64")
+    # How far Keras' own float32 step is from the float64 one: the noise floor of any float32
+    # implementation (BatchNorm's training-mode backward on small batches loses precision).
+    f32_error = max(
+        abs(a - b)
+        for name in updated64
+        for a, b in zip(updated32[name]["values"], updated64[name]["values"])
+    )
     fixture = {
         "about": "Keras Xception with formula weights; see scripts/make_parity_fixtures.py",
         "keras": keras.__version__,
@@ -143,13 +161,17 @@ def main(out):
         "lr": LR,
         "momentum": MOMENTUM,
         "logits": logits.tolist(),
-        "train_logits": train_logits.numpy().tolist(),
-        "train_loss": float(loss.numpy()),
-        "after_one_step": updated,
+        "logits_float64": logits64.tolist(),
+        "train_logits": train_logits.tolist(),
+        "train_loss": loss,
+        "train_loss_float64": loss64,
+        "after_one_step": updated64,
+        "keras_float32_step_max_error": f32_error,
     }
     with open(out, "w") as f:
         json.dump(fixture, f, indent=1)
-    print(f"wrote {out}: logits {logits.round(4).tolist()}, loss {float(loss):.6f}")
+    print(f"wrote {out}: logits {logits.round(4).tolist()}, loss {loss:.6f}")
+    print(f"Keras float32 step vs float64: max difference {f32_error:.3e}")
 
 
 if __name__ == "__main__":

@@ -109,7 +109,12 @@ fn bn_slots(slots: &mut Vec<Slot>, burn: &str, timm: &str, keras: &str) {
         (Kind::Gamma, "gamma", "weight", "gamma"),
         (Kind::Beta, "beta", "bias", "beta"),
         (Kind::Mean, "running_mean", "running_mean", "moving_mean"),
-        (Kind::Variance, "running_var", "running_var", "moving_variance"),
+        (
+            Kind::Variance,
+            "running_var",
+            "running_var",
+            "moving_variance",
+        ),
     ] {
         slots.push(Slot {
             burn: format!("{burn}.{b}"),
@@ -144,7 +149,12 @@ fn sep_slots(slots: &mut Vec<Slot>, burn: &str, timm_sep: &str, timm_bn: &str, k
         keras: format!("{keras}/pointwise_kernel"),
         kind: Kind::Pointwise,
     });
-    bn_slots(slots, &format!("{burn}.bn"), timm_bn, &format!("{keras}_bn"));
+    bn_slots(
+        slots,
+        &format!("{burn}.bn"),
+        timm_bn,
+        &format!("{keras}_bn"),
+    );
 }
 
 /// The name Keras gives the `index`-th unnamed layer of `base` (`conv2d`, `conv2d_1`, ...).
@@ -309,7 +319,12 @@ fn transpose2(values: &[f32], shape: &[usize]) -> (Vec<f32>, Vec<usize>) {
 }
 
 /// A Burn-layout tensor in `format`'s layout.
-pub fn to_format(format: Format, kind: Kind, values: &[f32], shape: &[usize]) -> (Vec<f32>, Vec<usize>) {
+pub fn to_format(
+    format: Format,
+    kind: Kind,
+    values: &[f32],
+    shape: &[usize],
+) -> (Vec<f32>, Vec<usize>) {
     match (format, kind) {
         (Format::Timm, Kind::DenseWeight) => transpose2(values, shape),
         // [out, in/g, kh, kw] -> [kh, kw, in/g, out] (a depthwise [c, 1, kh, kw] needs
@@ -321,7 +336,12 @@ pub fn to_format(format: Format, kind: Kind, values: &[f32], shape: &[usize]) ->
 }
 
 /// A `format`-layout tensor in Burn's layout.
-pub fn from_format(format: Format, kind: Kind, values: &[f32], shape: &[usize]) -> (Vec<f32>, Vec<usize>) {
+pub fn from_format(
+    format: Format,
+    kind: Kind,
+    values: &[f32],
+    shape: &[usize],
+) -> (Vec<f32>, Vec<usize>) {
     match (format, kind) {
         (Format::Timm, Kind::DenseWeight) => transpose2(values, shape),
         (Format::Keras, Kind::Conv | Kind::Pointwise) => permute(values, shape, [3, 2, 0, 1]),
@@ -334,7 +354,9 @@ pub fn from_format(format: Format, kind: Kind, values: &[f32], shape: &[usize]) 
 fn format_shape(format: Format, kind: Kind, shape: &[usize]) -> Vec<usize> {
     match (format, kind) {
         (Format::Timm, Kind::DenseWeight) => vec![shape[1], shape[0]],
-        (Format::Keras, Kind::Conv | Kind::Pointwise) => vec![shape[2], shape[3], shape[1], shape[0]],
+        (Format::Keras, Kind::Conv | Kind::Pointwise) => {
+            vec![shape[2], shape[3], shape[1], shape[0]]
+        }
         (Format::Keras, Kind::Depthwise) => vec![shape[2], shape[3], shape[0], shape[1]],
         _ => shape.to_vec(),
     }
@@ -404,7 +426,11 @@ fn values_of(key: &str, data: &TensorData) -> Result<Vec<f32>, InteropError> {
 }
 
 /// The model's tensors under `format`'s names and layouts, in network order.
-pub fn export(model: &Xception, config: &XceptionConfig, format: Format) -> Vec<(String, TensorData)> {
+pub fn export(
+    model: &Xception,
+    config: &XceptionConfig,
+    format: Format,
+) -> Vec<(String, TensorData)> {
     let mut gather = Gather::default();
     model.visit(&mut gather);
     slots(config)
@@ -414,16 +440,17 @@ pub fn export(model: &Xception, config: &XceptionConfig, format: Format) -> Vec<
             let shape = data.shape().to_vec();
             let values = data.try_into_vec::<f32>().ok()?;
             let (values, shape) = to_format(format, slot.kind, &values, &shape);
-            Some((slot.name(format).to_string(), TensorData::new(values, shape)))
+            Some((
+                slot.name(format).to_string(),
+                TensorData::new(values, shape),
+            ))
         })
         .collect()
 }
 
 /// Renames Keras' unnamed layers (`conv2d_7`, `batch_normalization_12`, ...) to the names a
 /// fresh session gives them (`conv2d`, `conv2d_1`, ...), keeping their order.
-fn canonical_keras_names(
-    tensors: BTreeMap<String, TensorData>,
-) -> BTreeMap<String, TensorData> {
+fn canonical_keras_names(tensors: BTreeMap<String, TensorData>) -> BTreeMap<String, TensorData> {
     let mut renamed = BTreeMap::new();
     let mut unnamed: BTreeMap<&str, Vec<(usize, String)>> = BTreeMap::new();
     for key in tensors.keys() {
@@ -568,7 +595,11 @@ pub mod reference {
         slots(config)
             .into_iter()
             .map(|slot| {
-                let shape = format_shape(Format::Keras, slot.kind, &model_shapes(&slot.burn, slot.kind));
+                let shape = format_shape(
+                    Format::Keras,
+                    slot.kind,
+                    &model_shapes(&slot.burn, slot.kind),
+                );
                 let key = fnv1a(&slot.keras) << 32;
                 let n: usize = shape.iter().product();
                 let values: Vec<f32> = (0..n).map(|i| value(&slot.keras, &shape, i, key)).collect();

@@ -26,15 +26,25 @@ fn logits_match_keras_within_1e_4() {
     let config = parity_config();
     let device = Device::flex();
     let model = Xception::new(&config, &device).expect("model");
-    let model = interop::import(model, &config, Format::Keras, reference::keras_weights(&config))
-        .expect("the Keras names all fit");
+    let model = interop::import(
+        model,
+        &config,
+        Format::Keras,
+        reference::keras_weights(&config),
+    )
+    .expect("the Keras names all fit");
     let logits = model.forward(reference::input(2, 71, &device));
     let found: Vec<f32> = logits.into_data().convert::<f32>().iter::<f32>().collect();
     let expected: Vec<f64> = fixture["logits"]
         .as_array()
         .expect("rows")
         .iter()
-        .flat_map(|row| row.as_array().expect("row").iter().map(|v| v.as_f64().expect("a number")))
+        .flat_map(|row| {
+            row.as_array()
+                .expect("row")
+                .iter()
+                .map(|v| v.as_f64().expect("a number"))
+        })
         .collect();
     assert_eq!(found.len(), expected.len());
     let max_error = found
@@ -42,6 +52,12 @@ fn logits_match_keras_within_1e_4() {
         .zip(&expected)
         .map(|(f, e)| (f64::from(*f) - e).abs())
         .fold(0.0, f64::max);
-    println!("max |logit - keras| = {max_error:.3e} over {} logits", found.len());
-    assert!(max_error <= 1e-4, "max error {max_error} (ours {found:?}, keras {expected:?})");
+    println!(
+        "max |logit - keras| = {max_error:.3e} over {} logits",
+        found.len()
+    );
+    assert!(
+        max_error <= 1e-4,
+        "max error {max_error} (ours {found:?}, keras {expected:?})"
+    );
 }
