@@ -639,3 +639,141 @@ pub mod reference {
         Tensor::from_data(TensorData::new(values, [batch, 3, size, size]), device)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Device;
+
+    fn small() -> XceptionConfig {
+        XceptionConfig {
+            num_classes: 7,
+            input_size: 71,
+            width: 0.125,
+            middle_blocks: 2,
+            ..XceptionConfig::default()
+        }
+    }
+
+    #[test]
+    fn timm_names_and_shapes_are_legacy_xceptions() {
+        let config = XceptionConfig::default();
+        let model = Xception::new(&config, &Device::flex()).expect("model");
+        let exported: BTreeMap<String, Vec<usize>> = export(&model, &config, Format::Timm)
+            .into_iter()
+            .map(|(name, data)| (name, data.shape().to_vec()))
+            .collect();
+        let fixture = include_str!("../tests/fixtures/timm_legacy_xception_keys.txt");
+        let mut expected = BTreeMap::new();
+        for line in fixture.lines().filter(|l| !l.starts_with('#')) {
+            let (key, shape) = line.split_once(' ').expect("key shape");
+            if key.ends_with("num_batches_tracked") {
+                continue;
+            }
+            let shape: Vec<usize> = shape.split('x').map(|d| d.parse().expect("dim")).collect();
+            expected.insert(key.to_string(), shape);
+        }
+        assert_eq!(exported, expected);
+        assert!(timm_compatible(&config));
+        assert!(!timm_compatible(&small()));
+    }
+
+    #[test]
+    fn export_then_import_gives_the_same_tensors_in_both_formats() {
+        let config = small();
+        let device = Device::flex();
+        let source = Xception::new(&config, &device).expect("model");
+        let original = tensors_by_path(&source);
+        for format in [Format::Timm, Format::Keras] {
+            let exported: BTreeMap<String, TensorData> =
+                export(&source, &config, format).into_iter().collect();
+            assert_eq!(exported.len(), original.len(), "{format:?}");
+            let fresh = Xception::new(&config, &device).expect("model");
+            let imported = import(fresh, &config, format, exported).expect("fits");
+            assert_eq!(tensors_by_path(&imported), original, "{format:?}");
+        }
+    }
+
+    #[test]
+    fn keras_layouts_and_unnamed_layers_by_order() {
+        let config = small();
+        let device = Device::flex();
+        let source = Xception::new(&config, &device).expect("model");
+        let exported: BTreeMap<String, TensorData> =
+            export(&source, &config, Format::Keras).into_iter().collect();
+        // HWIO: the stem's first kernel is [3, 3, 3, channels].
+        assert_eq!(exported["block1_conv1/kernel"].shape().to_vec(), [3, 3, 3, 4]);
+        assert_eq!(exported["block2_sepconv1/depthwise_kernel"].shape().to_vec(), [3, 3, 8, 1]);
+        assert_eq!(exported["predictions/kernel"].shape().to_vec(), [256, 7]);
+        // Element [o, i, y, x] of Burn's kernel is element [y, x, i, o] of Keras'.
+        let burn = tensors_by_path(&source)["stem.conv2.conv.weight"].clone();
+        let keras = exported["block1_conv2/kernel"].clone();
+        let (b, k): (Vec<f32>, Vec<f32>) = (
+            burn.iter::<f32>().collect(),
+            keras.iter::<f32>().collect(),
+        );
+        let (o, i, y, x) = (5, 3, 2, 1);
+        let [_, ci, kh, kw] = [8, 4, 3, 3];
+        let co = 8;
+        assert_eq!(b[((o * ci + i) * kh + y) * kw + x], k[((y * kw + x) * ci + i) * co + o]);
+
+        // A file saved after other layers were built numbers the unnamed layers differently,
+        // with ":0" suffixes (Keras 2's h5): matched by order all the same.
+        let renamed: BTreeMap<String, TensorData> = exported
+            .into_iter()
+            .map(|(key, data)| {
+                let (layer, weight) = key.split_once('/').expect("layer/weight");
+                let layer = match layer {
+                    "conv2d" => "conv2d_5".to_string(),
+                    "batch_normalization" => "batch_normalization_5".to_string(),
+                    other => match other.strip_prefix("conv2d_") {
+                        Some(n) => format!("conv2d_{}", n.parse::<usize>().expect("n") + 5),
+                        None => match other.strip_prefix("batch_normalization_") {
+                            Some(n) => format!(
+                                "batch_normalization_{}",
+                                n.parse::<usize>().expect("n") + 5
+                            ),
+                            None => other.to_string(),
+                        },
+                    },
+                };
+                (format!("{layer}/{weight}:0"), data)
+            })
+            .collect();
+        let imported = import(
+            Xception::new(&config, &device).expect("model"),
+            &config,
+            Format::Keras,
+            renamed,
+        )
+        .expect("fits");
+        assert_eq!(tensors_by_path(&imported), tensors_by_path(&source));
+    }
+
+    #[test]
+    fn missing_extra_and_misshaped_tensors_name_the_key() {
+        let config = small();
+        let device = Device::flex();
+        let source = Xception::new(&config, &device).expect("model");
+        let exported: BTreeMap<String, TensorData> =
+            export(&source, &config, Format::Timm).into_iter().collect();
+        let fresh = || Xception::new(&config, &device).expect("model");
+
+        let mut missing = exported.clone();
+        missing.remove("block2.skipbn.running_var");
+        let error = import(fresh(), &config, Format::Timm, missing).expect_err("missing");
+        assert_eq!(error, InteropError::Missing("block2.skipbn.running_var".into()));
+
+        let mut extra = exported.clone();
+        extra.insert("head.fc.weight".into(), TensorData::new(vec![0f32; 2], [2]));
+        let error = import(fresh(), &config, Format::Timm, extra).expect_err("extra");
+        assert_eq!(error, InteropError::Unexpected("head.fc.weight".into()));
+
+        let mut shaped = exported;
+        shaped.insert("fc.bias".into(), TensorData::new(vec![0f32; 1000], [1000]));
+        let error = import(fresh(), &config, Format::Timm, shaped)
+            .expect_err("shape")
+            .to_string();
+        assert!(error.contains("fc.bias") && error.contains("[1000]") && error.contains("[7]"), "{error}");
+    }
+}
