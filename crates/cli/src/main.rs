@@ -6,6 +6,7 @@ mod data;
 mod device;
 mod info;
 mod train;
+mod weights;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,6 +15,8 @@ use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use xception_data::synth::SynthOptions;
 use xception_data::{Layout, Split};
+use xception_model::interop::Format;
+use xception_train::weights::ExportFormat;
 
 use crate::device::DeviceChoice;
 
@@ -49,6 +52,94 @@ enum Command {
         /// Stop with a checkpoint once this many optimizer steps are done (as Ctrl-C does).
         #[arg(long, value_name = "STEPS")]
         stop_at_step: Option<u64>,
+    },
+    /// Write a checkpoint's weights as timm-named safetensors or as a Burnpack file.
+    Export {
+        /// The checkpoint directory (runs/NAME/checkpoints/step-*), or any weights file.
+        checkpoint: PathBuf,
+        /// safetensors (timm's legacy_xception names, PyTorch layouts) or burnpack.
+        #[arg(long, value_enum, default_value_t = ExportFormatArg::Safetensors)]
+        format: ExportFormatArg,
+        /// The file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Export the EMA (Polyak-averaged) weights.
+        #[arg(long)]
+        ema: bool,
+        /// Print machine-readable JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Turn timm or Keras weights (safetensors or PyTorch .pth) into a Burnpack file.
+    Import {
+        /// Whose names and layouts the file has.
+        #[arg(long = "from", value_enum)]
+        from: ImportFrom,
+        /// The weights file (Keras .h5: convert with scripts/keras_h5_to_safetensors.py).
+        file: PathBuf,
+        /// The Burnpack file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Print machine-readable JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Top-1, top-5 and loss of weights on a dataset.
+    Eval {
+        /// A checkpoint directory, a .bpk, or a timm/Keras .safetensors or .pth.
+        #[arg(long)]
+        weights: PathBuf,
+        /// The dataset folder.
+        #[arg(long)]
+        data: PathBuf,
+        /// auto, folders, devkit, kaggle or split.
+        #[arg(long, default_value = "auto")]
+        layout: Layout,
+        /// Which split of the dataset.
+        #[arg(long, value_enum, default_value_t = SplitChoice::Val)]
+        split: SplitChoice,
+        /// Fraction of each side kept by the central crop (default: the training run's, else 0.875).
+        #[arg(long)]
+        crop_pct: Option<f64>,
+        /// Images per batch.
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+        /// Decoding threads.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Use a checkpoint's EMA weights.
+        #[arg(long)]
+        ema: bool,
+        /// The device.
+        #[arg(long, value_enum, default_value_t = DeviceChoice::Flex)]
+        device: DeviceChoice,
+        /// Print machine-readable JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The most likely classes of images.
+    Predict {
+        /// A checkpoint directory, a .bpk, or a timm/Keras .safetensors or .pth.
+        #[arg(long)]
+        weights: PathBuf,
+        /// Image files.
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        /// Classes to show per image.
+        #[arg(long, default_value_t = 5)]
+        top_k: usize,
+        /// Fraction of each side kept by the central crop (default: the training run's, else 0.875).
+        #[arg(long)]
+        crop_pct: Option<f64>,
+        /// Use a checkpoint's EMA weights.
+        #[arg(long)]
+        ema: bool,
+        /// The device.
+        #[arg(long, value_enum, default_value_t = DeviceChoice::Flex)]
+        device: DeviceChoice,
+        /// Print JSON, with the raw logits.
+        #[arg(long)]
+        json: bool,
     },
     /// Print every block with its output shape, parameters and multiply-adds, and the totals.
     Info {
@@ -113,6 +204,22 @@ enum BenchTarget {
     Data,
     /// Forward passes of the paper's model at --size on --device.
     Inference,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ExportFormatArg {
+    /// timm's legacy_xception names and PyTorch layouts.
+    Safetensors,
+    /// Burn's native file.
+    Burnpack,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ImportFrom {
+    /// timm's legacy_xception state dict.
+    Timm,
+    /// Keras' Xception weights.
+    Keras,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -187,6 +294,65 @@ fn run(command: Command) -> Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
+        Command::Export {
+            checkpoint,
+            format,
+            out,
+            ema,
+            json,
+        } => {
+            let format = match format {
+                ExportFormatArg::Safetensors => ExportFormat::Safetensors,
+                ExportFormatArg::Burnpack => ExportFormat::Burnpack,
+            };
+            weights::export(&checkpoint, format, &out, ema, json).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Import {
+            from,
+            file,
+            out,
+            json,
+        } => {
+            let from = match from {
+                ImportFrom::Timm => Format::Timm,
+                ImportFrom::Keras => Format::Keras,
+            };
+            weights::import(from, &file, &out, json).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Eval {
+            weights,
+            data,
+            layout,
+            split,
+            crop_pct,
+            batch_size,
+            workers,
+            ema,
+            device,
+            json,
+        } => weights::eval(weights::EvalArgs {
+            weights,
+            data,
+            layout,
+            split: split.into(),
+            crop_pct,
+            batch_size,
+            workers,
+            ema,
+            device,
+            json,
+        })
+        .map(|()| ExitCode::SUCCESS),
+        Command::Predict {
+            weights,
+            images,
+            top_k,
+            crop_pct,
+            ema,
+            device,
+            json,
+        } => weights::predict(&weights, &images, top_k, crop_pct, ema, device, json)
+            .map(|()| ExitCode::SUCCESS),
         Command::Info {
             config,
             json,
@@ -222,10 +388,7 @@ fn run(command: Command) -> Result<ExitCode> {
                     json,
                 },
         } => {
-            let split = split.map(|s| match s {
-                SplitChoice::Train => Split::Train,
-                SplitChoice::Val => Split::Val,
-            });
+            let split = split.map(Split::from);
             data::run_check(&dir, layout, split, json).map(|()| ExitCode::SUCCESS)
         }
         Command::Bench {
@@ -302,6 +465,15 @@ fn emit_results(
         println!("results written to {}", out.display());
     }
     Ok(())
+}
+
+impl From<SplitChoice> for Split {
+    fn from(choice: SplitChoice) -> Self {
+        match choice {
+            SplitChoice::Train => Split::Train,
+            SplitChoice::Val => Split::Val,
+        }
+    }
 }
 
 fn main() -> ExitCode {

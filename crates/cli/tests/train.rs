@@ -2,61 +2,15 @@
 //! Ctrl-C, through the real binary.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
-fn xception(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xception"))
-        .args(args)
-        .output()
-        .expect("the xception binary runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// A tiny config whose dataset is generated under `dir` on first use.
-fn write_config(dir: &Path, epochs: u32) -> String {
-    let body = format!(
-        r#"
-[model]
-num_classes = 3
-input_size = 71
-width = 0.0625
-middle_blocks = 1
-
-[data]
-root = "{}"
-batch_size = 4
-synth = {{ classes = 3, train_per_class = 8, val_per_class = 2, size = 48 }}
-
-[schedule]
-lr = 0.05
-decay = {{ kind = "constant" }}
-
-[training]
-epochs = {epochs}
-ema_decay = 0.9
-
-[checkpoints]
-every_steps = 2
-keep_last = 2
-
-[logging]
-every_steps = 1
-"#,
-        dir.join("data").display()
-    );
-    let path = dir.join("tiny.toml");
-    std::fs::write(&path, body).expect("write config");
-    path.display().to_string()
-}
+mod common;
+use common::{text, tiny_config, xception};
 
 #[test]
 fn train_generates_its_data_stops_and_resumes() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = write_config(dir.path(), 2);
+    let config = tiny_config(dir.path(), "tiny", 3, 2, "");
     let run_dir = dir.path().join("run");
     let run = run_dir.display().to_string();
 
@@ -118,7 +72,7 @@ fn train_generates_its_data_stops_and_resumes() {
 #[test]
 fn ctrl_c_writes_a_checkpoint_and_exits_cleanly() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = write_config(dir.path(), 1000);
+    let config = tiny_config(dir.path(), "tiny", 3, 1000, "");
     let run_dir = dir.path().join("run");
     let mut child = Command::new(env!("CARGO_BIN_EXE_xception"))
         .args([

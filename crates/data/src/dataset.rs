@@ -83,7 +83,7 @@ impl Default for DatasetOptions {
 }
 
 /// A class of a dataset.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClassInfo {
     /// The folder name or WordNet id.
     pub id: String,

@@ -537,6 +537,32 @@ pub fn import(
     Ok(model.map(&mut replace))
 }
 
+/// Replaces the tensors of `model` named (by Burn path) in `tensors`, checking each shape;
+/// parameters not named keep their values.
+pub fn assign(
+    model: Xception,
+    tensors: BTreeMap<String, TensorData>,
+) -> Result<Xception, InteropError> {
+    let current = tensors_by_path(&model);
+    for (path, data) in &tensors {
+        let target = current
+            .get(path)
+            .ok_or_else(|| InteropError::Unexpected(path.clone()))?;
+        if target.shape() != data.shape() {
+            return Err(InteropError::Shape {
+                key: path.clone(),
+                expected: target.shape().to_vec(),
+                found: data.shape().to_vec(),
+            });
+        }
+    }
+    let mut replace = Replace {
+        path: Vec::new(),
+        tensors,
+    };
+    Ok(model.map(&mut replace))
+}
+
 /// The model's float tensors by Burn path (for tests and for reading a module back).
 pub fn tensors_by_path(model: &Xception) -> BTreeMap<String, TensorData> {
     let mut gather = Gather::default();
@@ -699,23 +725,33 @@ mod tests {
         let config = small();
         let device = Device::flex();
         let source = Xception::new(&config, &device).expect("model");
-        let exported: BTreeMap<String, TensorData> =
-            export(&source, &config, Format::Keras).into_iter().collect();
+        let exported: BTreeMap<String, TensorData> = export(&source, &config, Format::Keras)
+            .into_iter()
+            .collect();
         // HWIO: the stem's first kernel is [3, 3, 3, channels].
-        assert_eq!(exported["block1_conv1/kernel"].shape().to_vec(), [3, 3, 3, 4]);
-        assert_eq!(exported["block2_sepconv1/depthwise_kernel"].shape().to_vec(), [3, 3, 8, 1]);
+        assert_eq!(
+            exported["block1_conv1/kernel"].shape().to_vec(),
+            [3, 3, 3, 4]
+        );
+        assert_eq!(
+            exported["block2_sepconv1/depthwise_kernel"]
+                .shape()
+                .to_vec(),
+            [3, 3, 8, 1]
+        );
         assert_eq!(exported["predictions/kernel"].shape().to_vec(), [256, 7]);
         // Element [o, i, y, x] of Burn's kernel is element [y, x, i, o] of Keras'.
         let burn = tensors_by_path(&source)["stem.conv2.conv.weight"].clone();
         let keras = exported["block1_conv2/kernel"].clone();
-        let (b, k): (Vec<f32>, Vec<f32>) = (
-            burn.iter::<f32>().collect(),
-            keras.iter::<f32>().collect(),
-        );
+        let (b, k): (Vec<f32>, Vec<f32>) =
+            (burn.iter::<f32>().collect(), keras.iter::<f32>().collect());
         let (o, i, y, x) = (5, 3, 2, 1);
         let [_, ci, kh, kw] = [8, 4, 3, 3];
         let co = 8;
-        assert_eq!(b[((o * ci + i) * kh + y) * kw + x], k[((y * kw + x) * ci + i) * co + o]);
+        assert_eq!(
+            b[((o * ci + i) * kh + y) * kw + x],
+            k[((y * kw + x) * ci + i) * co + o]
+        );
 
         // A file saved after other layers were built numbers the unnamed layers differently,
         // with ":0" suffixes (Keras 2's h5): matched by order all the same.
@@ -762,7 +798,10 @@ mod tests {
         let mut missing = exported.clone();
         missing.remove("block2.skipbn.running_var");
         let error = import(fresh(), &config, Format::Timm, missing).expect_err("missing");
-        assert_eq!(error, InteropError::Missing("block2.skipbn.running_var".into()));
+        assert_eq!(
+            error,
+            InteropError::Missing("block2.skipbn.running_var".into())
+        );
 
         let mut extra = exported.clone();
         extra.insert("head.fc.weight".into(), TensorData::new(vec![0f32; 2], [2]));
@@ -774,6 +813,9 @@ mod tests {
         let error = import(fresh(), &config, Format::Timm, shaped)
             .expect_err("shape")
             .to_string();
-        assert!(error.contains("fc.bias") && error.contains("[1000]") && error.contains("[7]"), "{error}");
+        assert!(
+            error.contains("fc.bias") && error.contains("[1000]") && error.contains("[7]"),
+            "{error}"
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! Checkpoints: one directory per save, `<run>/checkpoints/step-00001234/`, holding
 //! `model.safetensors`, `ema.safetensors` (when averaging), `optimizer.safetensors`,
-//! `config.toml` and `state.json`.
+//! `config.toml`, `classes.json` and `state.json`.
 //!
 //! A checkpoint is written into `.tmp-step-…`, every file synced, then renamed into place and
 //! the parent synced: a directory named `step-…` is always complete, whatever instant a crash
@@ -26,6 +26,7 @@ const MODEL_FILE: &str = "model.safetensors";
 const EMA_FILE: &str = "ema.safetensors";
 const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 const CONFIG_FILE: &str = "config.toml";
+const CLASSES_FILE: &str = "classes.json";
 
 /// Where training stands: everything besides the tensors that resuming needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -117,6 +118,8 @@ pub struct CheckpointContents<'a, M> {
     pub optimizer: Vec<(String, Tensor<1>)>,
     /// The resolved config as TOML.
     pub config_toml: String,
+    /// The class list as JSON (`classes.json`), for inference and export.
+    pub classes_json: String,
     /// The position and bookkeeping.
     pub state: TrainState,
 }
@@ -146,6 +149,7 @@ pub fn write<M: Module + ModuleSnapshot>(
     }
     write_tensors(&temp.join(OPTIMIZER_FILE), &contents.optimizer)?;
     write_synced(&temp.join(CONFIG_FILE), contents.config_toml.as_bytes())?;
+    write_synced(&temp.join(CLASSES_FILE), contents.classes_json.as_bytes())?;
     let state = serde_json::to_vec_pretty(&contents.state)
         .map_err(|e| corrupt(&temp.join(STATE_FILE), e))?;
     write_synced(&temp.join(STATE_FILE), &state)?;

@@ -136,6 +136,12 @@ pub struct TrainingConfig {
     pub ema_warmup: bool,
     /// Evaluate on the validation split every this many epochs.
     pub eval_every_epochs: u32,
+    /// Start from these weights instead of a random initialisation (fine-tuning): a
+    /// checkpoint directory, a run directory (its best checkpoint), a `.bpk`, or a timm/Keras
+    /// `.safetensors`/`.pth`. A classifier with another number of classes is re-initialised.
+    pub init_from: Option<PathBuf>,
+    /// Train only the classifier for this many epochs first (the rest is frozen).
+    pub freeze_epochs: u32,
 }
 
 impl Default for TrainingConfig {
@@ -149,6 +155,8 @@ impl Default for TrainingConfig {
             ema_decay: Some(0.9999),
             ema_warmup: true,
             eval_every_epochs: 1,
+            init_from: None,
+            freeze_epochs: 0,
         }
     }
 }

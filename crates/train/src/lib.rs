@@ -3,7 +3,9 @@
 //! The config schema ([`config`]), learning-rate schedules ([`schedule`]), the paper's SGD and
 //! RMSprop ([`optim`]), Polyak averaging ([`ema`]), metrics ([`metrics`], [`record`],
 //! [`plot`]), checkpoints ([`checkpoint`]) and the loop that ties them together with exact
-//! resume ([`trainer`]). What the loop reports while it runs goes through [`report`].
+//! resume ([`trainer`]). What the loop reports while it runs goes through [`report`];
+//! weights files (checkpoints, exports, timm and Keras imports) are read and written by
+//! [`weights`].
 
 pub mod checkpoint;
 pub mod config;
@@ -15,6 +17,7 @@ pub mod record;
 pub mod report;
 pub mod schedule;
 pub mod trainer;
+pub mod weights;
 
 pub use config::{ConfigFileError, TrainConfig};
 pub use ema::Ema;

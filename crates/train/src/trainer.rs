@@ -15,7 +15,8 @@ use xception_data::rng::derive;
 use xception_data::{
     DataError, Dataset, DatasetOptions, Loader, LoaderConfig, Split, Transform, synth,
 };
-use xception_model::{ConfigError, Xception};
+use xception_model::interop;
+use xception_model::{ConfigError, Xception, XceptionConfig};
 
 use crate::checkpoint::{self, Best, Checkpoint, CheckpointContents, CheckpointError, TrainState};
 use crate::config::{ConfigFileError, TrainConfig};
@@ -25,6 +26,7 @@ use crate::optim::{GradientSum, Optimizer, StateError};
 use crate::plot;
 use crate::record::{MetricsLog, MetricsRow};
 use crate::report::{EvalReport, Reporter, RunStart, Scores, StepReport};
+use crate::weights;
 
 /// Which checkpoint a run continues from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,6 +147,14 @@ pub enum TrainError {
         /// The newest checkpoint on disk.
         last_checkpoint: Option<PathBuf>,
     },
+    /// `training.init_from` cannot be used.
+    #[error("training.init_from {path}: {reason}")]
+    InitFrom {
+        /// The weights named.
+        path: PathBuf,
+        /// Why they cannot be used.
+        reason: String,
+    },
     /// A file of the run directory cannot be written.
     #[error("cannot write {path}: {source}")]
     Io {
@@ -163,7 +173,8 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
 }
 
 /// Config fields that never change what a run computes: they may differ on resume.
-const RESULT_NEUTRAL: [&str; 6] = [
+const RESULT_NEUTRAL: [&str; 7] = [
+    "training.init_from",
     "training.device",
     "data.workers",
     "data.prefetch",
@@ -284,10 +295,67 @@ pub fn loaders(
     ))
 }
 
+/// Starts `model` from the weights at `init` (`training.init_from`).
+fn initialise_from(
+    model: Xception,
+    config: &TrainConfig,
+    init: &Path,
+    device: &Device,
+    reporter: &mut dyn Reporter,
+) -> Result<Xception, TrainError> {
+    let init_error = |reason: String| TrainError::InitFrom {
+        path: init.to_path_buf(),
+        reason,
+    };
+    // A run directory stands for its best checkpoint (else its newest).
+    let source = if init.join("checkpoints").is_dir() {
+        let newest = checkpoint::latest(&init.join("checkpoints"))?;
+        let state = Checkpoint::open(&newest)?.state;
+        match state
+            .best
+            .map(|b| init.join("checkpoints").join(b.checkpoint))
+        {
+            Some(best) if best.is_dir() => best,
+            _ => newest,
+        }
+    } else {
+        init.to_path_buf()
+    };
+    let loaded = weights::load(&source, false, device).map_err(|e| init_error(e.to_string()))?;
+    let (from, to) = (&loaded.config, &config.model);
+    let architecture =
+        |c: &XceptionConfig| (c.width, c.middle_blocks, c.residual, c.mid_activation);
+    if architecture(from) != architecture(to) {
+        return Err(init_error(format!(
+            "its architecture (width {}, middle_blocks {}, residual {}, mid_activation {:?}) differs from [model]'s (width {}, middle_blocks {}, residual {}, mid_activation {:?})",
+            from.width,
+            from.middle_blocks,
+            from.residual,
+            from.mid_activation,
+            to.width,
+            to.middle_blocks,
+            to.residual,
+            to.mid_activation
+        )));
+    }
+    let mut tensors = interop::tensors_by_path(&loaded.model);
+    if from.num_classes != to.num_classes {
+        tensors.retain(|path, _| !path.starts_with("predictions."));
+        reporter.note(&format!(
+            "initialised from {}; the classifier is re-initialised ({} -> {} classes)",
+            loaded.source, from.num_classes, to.num_classes
+        ));
+    } else {
+        reporter.note(&format!("initialised from {}", loaded.source));
+    }
+    interop::assign(model, tensors).map_err(|e| init_error(e.to_string()))
+}
+
 /// Everything a run carries from step to step.
 struct Run<'a> {
     config: &'a TrainConfig,
     config_toml: String,
+    classes_json: String,
     checkpoints: PathBuf,
     model: Xception,
     ema: Option<Ema<Xception>>,
@@ -312,6 +380,7 @@ impl Run<'_> {
                 ema: self.ema.as_ref().map(Ema::model),
                 optimizer: self.optimizer.state_tensors(),
                 config_toml: self.config_toml.clone(),
+                classes_json: self.classes_json.clone(),
                 state: self.state.clone(),
             },
         )?;
@@ -399,6 +468,7 @@ pub fn train(
         });
     }
     let (train_images, val_images) = (train_set.len(), val_set.len());
+    let classes_json = serde_json::to_string_pretty(&train_set.classes).unwrap_or_default();
     let (train_loader, val_loader) = loaders(config, train_set, val_set)?;
     let batch_size = config.data.batch_size as u64;
     let accumulation = u64::from(config.training.grad_accumulation);
@@ -456,6 +526,9 @@ pub fn train(
             (state, resume.state.running)
         }
         None => {
+            if let Some(init) = &config.training.init_from {
+                model = initialise_from(model, config, init, device, reporter)?;
+            }
             if let Some(decay) = config.training.ema_decay {
                 ema = Some(Ema::new(&model, decay, config.training.ema_warmup));
             }
@@ -523,6 +596,7 @@ pub fn train(
     let mut run = Run {
         config,
         config_toml,
+        classes_json,
         checkpoints,
         model,
         ema,
@@ -564,7 +638,13 @@ pub fn train(
                 ]));
                 step_images += batch.len() as u64;
                 let (images, labels) = batch.into_device(&train_device);
-                let logits = run.model.forward(images);
+                let logits = if epoch < u64::from(config.training.freeze_epochs) {
+                    // Only the classifier learns: no gradient flows into the features.
+                    let features = run.model.forward_features(images).detach();
+                    run.model.classify(features)
+                } else {
+                    run.model.forward(images)
+                };
                 let loss = loss_fn.forward(logits.clone(), labels.clone());
                 let value = f64::from(loss.clone().into_scalar::<f32>());
                 if !value.is_finite() {
