@@ -648,6 +648,17 @@ pub mod reference {
         move |path, _kind| shapes.get(path).cloned().unwrap_or_default()
     }
 
+    /// The model the parity fixtures were made with: the paper's architecture with 5 classes
+    /// at 71x71 and no dropout (Keras' Xception has none).
+    pub fn config() -> XceptionConfig {
+        XceptionConfig {
+            num_classes: 5,
+            input_size: 71,
+            dropout: 0.0,
+            ..XceptionConfig::default()
+        }
+    }
+
     /// The parity input: `batch` images of `size` x `size`, NCHW, in [-1, 1].
     pub fn input(batch: usize, size: usize, device: &Device) -> Tensor<4> {
         let mut values = Vec::with_capacity(batch * 3 * size * size);

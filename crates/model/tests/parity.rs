@@ -3,27 +3,18 @@
 //! from `scripts/make_parity_fixtures.py` (Keras 3 / TensorFlow).
 
 use burn::tensor::Device;
+use xception_model::Xception;
 use xception_model::interop::{self, Format, reference};
-use xception_model::{Xception, XceptionConfig};
 
 fn fixture() -> serde_json::Value {
     let text = include_str!("fixtures/keras_parity.json");
     serde_json::from_str(text).expect("the fixture is JSON")
 }
 
-fn parity_config() -> XceptionConfig {
-    XceptionConfig {
-        num_classes: 5,
-        input_size: 71,
-        dropout: 0.0,
-        ..XceptionConfig::default()
-    }
-}
-
 #[test]
 fn logits_match_keras_within_1e_4() {
     let fixture = fixture();
-    let config = parity_config();
+    let config = reference::config();
     let device = Device::flex();
     let model = Xception::new(&config, &device).expect("model");
     let model = interop::import(

@@ -9,8 +9,8 @@ use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use xception_model::Xception;
 use xception_model::interop::{self, Format, reference};
-use xception_model::{Xception, XceptionConfig};
 use xception_train::config::OptimizerConfig;
 use xception_train::optim::{GradientSum, Optimizer};
 
@@ -19,12 +19,7 @@ fn one_sgd_step_matches_keras() {
     let fixture: serde_json::Value =
         serde_json::from_str(include_str!("../../model/tests/fixtures/keras_parity.json"))
             .expect("JSON");
-    let config = XceptionConfig {
-        num_classes: 5,
-        input_size: 71,
-        dropout: 0.0,
-        ..XceptionConfig::default()
-    };
+    let config = reference::config();
     let device = Device::flex().autodiff();
     let model = Xception::new(&config, &device).expect("model");
     let model = interop::import(
