@@ -211,3 +211,101 @@ pub fn inference(
         seconds,
     })
 }
+
+/// Timings of a full training step.
+#[derive(Debug, Serialize)]
+pub struct TrainStepResult {
+    /// The device.
+    pub device: String,
+    /// Images per step.
+    pub batch: usize,
+    /// Input side.
+    pub size: usize,
+    /// Median images per second of the timed steps.
+    pub images_per_second: f64,
+    /// Every timed step, seconds.
+    pub seconds: Vec<f64>,
+    /// Peak resident memory of the process during the timed steps (Linux), MiB.
+    pub peak_rss_mib: Option<f64>,
+}
+
+/// Peak resident set size of this process so far (Linux `VmHWM`), MiB.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Times full training steps of the paper's model (dropout 0.5, BatchNorm in training mode):
+/// forward, cross-entropy, backward, and the paper's SGD update (momentum 0.9, weight decay
+/// 1e-5), each ended by reading the loss back and syncing the device.
+pub fn train_step(
+    device: crate::device::DeviceChoice,
+    batch: usize,
+    size: usize,
+    warmup: usize,
+    repeats: usize,
+) -> Result<TrainStepResult> {
+    use burn::nn::loss::CrossEntropyLossConfig;
+    use burn::optim::GradientsParams;
+    use burn::tensor::{Distribution, Int, Tensor, TensorData};
+    use xception_model::{Xception, XceptionConfig};
+    use xception_train::config::OptimizerConfig;
+    use xception_train::optim::{GradientSum, Optimizer};
+
+    let base = device.device();
+    let train_device = base.clone().autodiff();
+    let config = XceptionConfig {
+        input_size: size,
+        ..XceptionConfig::default()
+    };
+    let mut model = Some(Xception::new(&config, &train_device)?);
+    let mut optimizer = Optimizer::new(OptimizerConfig::default());
+    let loss_fn = CrossEntropyLossConfig::new().init(&train_device);
+    let images = Tensor::<4>::random(
+        [batch, 3, size, size],
+        Distribution::Uniform(-1.0, 1.0),
+        &train_device,
+    );
+    let labels: Vec<i64> = (0..batch as i64).map(|i| (i * 37) % 1000).collect();
+    let labels = Tensor::<1, Int>::from_data(TensorData::new(labels, [batch]), &train_device);
+    let mut step = || -> Result<f64> {
+        let started = Instant::now();
+        let current = model.take().ok_or_else(|| anyhow::anyhow!("model lost"))?;
+        let logits = current.forward(images.clone());
+        let loss = loss_fn.forward(logits, labels.clone());
+        let value = loss.clone().into_scalar::<f32>();
+        if !value.is_finite() {
+            bail!("the training step on {device} produced a non-finite loss");
+        }
+        let mut sum = GradientSum::default();
+        sum.add(
+            &current,
+            GradientsParams::from_grads(loss.backward(), &current),
+        );
+        let (grads, _) = sum.finish(None);
+        model = Some(optimizer.step(current, grads, 0.045));
+        base.sync()
+            .map_err(|e| anyhow::anyhow!("device sync failed: {e:?}"))?;
+        Ok(started.elapsed().as_secs_f64())
+    };
+    for _ in 0..warmup {
+        step()?;
+    }
+    // Linux: "5" resets the peak resident size, so the peak is that of the timed steps.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let seconds = (0..repeats.max(1))
+        .map(|_| step())
+        .collect::<Result<Vec<_>>>()?;
+    let mut sorted = seconds.clone();
+    sorted.sort_by(f64::total_cmp);
+    Ok(TrainStepResult {
+        device: device.to_string(),
+        batch,
+        size,
+        images_per_second: batch as f64 / sorted[sorted.len() / 2],
+        seconds,
+        peak_rss_mib: peak_rss_mib(),
+    })
+}

@@ -159,16 +159,16 @@ enum Command {
     },
     /// Measure throughput and write the results (JSON) to a file.
     Bench {
-        /// What to measure: the data pipeline, or the model's inference on --device.
+        /// What to measure: the data pipeline, or the model's inference or training step on --device.
         #[arg(long, value_enum, default_value_t = BenchTarget::Data)]
         target: BenchTarget,
         /// The device for `--target inference`.
         #[arg(long, value_enum, default_value_t = DeviceChoice::Flex)]
         device: DeviceChoice,
-        /// Images per forward pass for `--target inference`.
+        /// Images per forward pass or step for `--target inference|train`.
         #[arg(long, default_value_t = 8)]
         batch: usize,
-        /// Untimed passes before timing `--target inference` (compilation, autotuning).
+        /// Untimed passes before timing `--target inference|train` (compilation, autotuning).
         #[arg(long, default_value_t = 2)]
         warmup: usize,
         /// JPEGs to run the data pipeline on (default: 256 generated 500x375 photo-like JPEGs).
@@ -204,6 +204,8 @@ enum BenchTarget {
     Data,
     /// Forward passes of the paper's model at --size on --device.
     Inference,
+    /// Full training steps (forward, backward, SGD) of the paper's model on --device.
+    Train,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -390,6 +392,32 @@ fn run(command: Command) -> Result<ExitCode> {
         } => {
             let split = split.map(Split::from);
             data::run_check(&dir, layout, split, json).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            target: BenchTarget::Train,
+            device,
+            batch,
+            warmup,
+            size,
+            repeats,
+            out,
+            json,
+            ..
+        } => {
+            let result = bench::train_step(device, batch, size as usize, warmup, repeats)?;
+            let memory = result
+                .peak_rss_mib
+                .map_or(String::new(), |m| format!(", peak memory {m:.0} MiB"));
+            let summary = format!(
+                "training step, {} at {}x{}, batch {}: {:.2} images/s (median of {} steps){memory}",
+                result.device,
+                result.size,
+                result.size,
+                result.batch,
+                result.images_per_second,
+                result.seconds.len()
+            );
+            emit_results(&out, json, &result, &summary).map(|()| ExitCode::SUCCESS)
         }
         Command::Bench {
             target: BenchTarget::Inference,

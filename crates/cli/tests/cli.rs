@@ -268,3 +268,32 @@ fn bench_times_inference_on_a_device() {
     assert_eq!(result["seconds"].as_array().map(Vec::len), Some(2));
     assert!(result["images_per_second"].as_f64() > Some(0.0));
 }
+
+#[test]
+fn bench_times_training_steps_and_reports_memory() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("train.json");
+    let out_arg = out.display().to_string();
+    let output = xception(&[
+        "bench",
+        "--target",
+        "train",
+        "--batch",
+        "2",
+        "--size",
+        "71",
+        "--warmup",
+        "1",
+        "--repeats",
+        "2",
+        "--out",
+        &out_arg,
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stdout(&output).contains("training step, flex at 71x71, batch 2"));
+    let result: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).expect("written")).expect("JSON");
+    assert_eq!(result["seconds"].as_array().expect("timings").len(), 2);
+    assert!(result["images_per_second"].as_f64().expect("rate") > 0.0);
+    assert!(result["peak_rss_mib"].as_f64().expect("memory") > 10.0);
+}

@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""Reference training-step throughput for `xception bench --target train`: Keras/TensorFlow
+and PyTorch/timm on the same shapes (the paper's Xception, 1000 classes, SGD momentum 0.9,
+weight decay 1e-5, forward + backward + update), median of timed steps after warm-up, and
+the process's peak resident memory.
+
+    python scripts/bench_reference.py keras --batch 8 --size 299
+    python scripts/bench_reference.py torch --batch 8 --size 299 [--channels-last]
+
+Prints one JSON line. Run each framework in its own process (memory is per process).
+"""
+import argparse
+import json
+import resource
+import statistics
+import time
+
+import numpy as np
+
+
+def keras_step(batch, size):
+    import keras
+    import tensorflow as tf
+
+    model = keras.applications.Xception(weights=None, input_shape=(size, size, 3), classes=1000)
+    optimizer = keras.optimizers.SGD(learning_rate=0.045, momentum=0.9, weight_decay=1e-5)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy()
+    x = tf.random.uniform((batch, size, size, 3), -1.0, 1.0)
+    y = tf.constant(np.arange(batch) * 37 % 1000)
+
+    @tf.function(jit_compile=False)
+    def step():
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    return lambda: float(step().numpy()), f"keras {keras.__version__} / tensorflow {tf.__version__}"
+
+
+def torch_step(batch, size, channels_last):
+    import timm
+    import torch
+
+    model = timm.create_model("legacy_xception", num_classes=1000, drop_rate=0.5)
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.045, momentum=0.9, weight_decay=1e-5)
+    x = torch.rand(batch, 3, size, size) * 2 - 1
+    y = torch.arange(batch) * 37 % 1000
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.to(memory_format=torch.channels_last)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        return float(loss)
+
+    layout = "channels_last" if channels_last else "NCHW"
+    return step, f"pytorch {torch.__version__} / timm {timm.__version__}, {layout}, {torch.get_num_threads()} threads"
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("framework", choices=["keras", "torch"])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", type=int, default=299)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--channels-last", action="store_true")
+    args = parser.parse_args()
+    if args.framework == "keras":
+        step, name = keras_step(args.batch, args.size)
+    else:
+        step, name = torch_step(args.batch, args.size, args.channels_last)
+    for _ in range(args.warmup):
+        step()
+    seconds = []
+    for _ in range(args.repeats):
+        started = time.perf_counter()
+        step()
+        seconds.append(time.perf_counter() - started)
+    print(json.dumps({
+        "framework": name,
+        "batch": args.batch,
+        "size": args.size,
+        "images_per_second": args.batch / statistics.median(seconds),
+        "seconds": seconds,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }))
+
+
+if __name__ == "__main__":
+    main()
