@@ -150,7 +150,7 @@ struct ConsoleReporter {
     every: u64,
     bar: Option<ProgressBar>,
     start: Option<RunStart>,
-    started: Instant,
+    first_step_done: Option<Instant>,
     steps_this_session: u64,
 }
 
@@ -161,7 +161,7 @@ impl ConsoleReporter {
             every: every.max(1),
             bar: None,
             start: None,
-            started: Instant::now(),
+            first_step_done: None,
             steps_this_session: 0,
         }
     }
@@ -179,13 +179,13 @@ impl ConsoleReporter {
         }
     }
 
-    /// Seconds left, from this session's mean step time.
+    /// Seconds left, from the mean step time since this session's first step (which pays
+    /// for compilation and autotuning on GPUs, so it is left out).
     fn eta(&self, step: u64) -> Option<f64> {
         let start = self.start.as_ref()?;
-        if self.steps_this_session == 0 {
-            return None;
-        }
-        let per_step = self.started.elapsed().as_secs_f64() / self.steps_this_session as f64;
+        let first = self.first_step_done?;
+        let steps = self.steps_this_session.checked_sub(1).filter(|&s| s > 0)?;
+        let per_step = first.elapsed().as_secs_f64() / steps as f64;
         Some(per_step * start.total_steps.saturating_sub(step) as f64)
     }
 }
@@ -222,12 +222,14 @@ impl Reporter for ConsoleReporter {
             bar.reset_eta();
             self.bar = Some(bar);
         }
-        self.started = Instant::now();
         self.start = Some(start.clone());
     }
 
     fn step(&mut self, report: &StepReport) {
         self.steps_this_session += 1;
+        if self.first_step_done.is_none() {
+            self.first_step_done = Some(Instant::now());
+        }
         let epochs = self.start.as_ref().map_or(0, |s| s.epochs);
         let status = format!(
             "loss {:.4} (epoch mean {:.4}) top-1 {:.1}% top-5 {:.1}% lr {:.5} {:.1} img/s data wait {:.0}%",
