@@ -162,7 +162,8 @@ pub fn read_foreign_tensors(path: &Path) -> Result<BTreeMap<String, TensorData>,
     let pytorch = bytes.starts_with(b"PK\x03\x04") || bytes.first() == Some(&0x80);
     drop(bytes);
     let tensors = if pytorch {
-        let mut store = PytorchStore::from_file(path);
+        // Keys exactly as saved: timm's `rep.0, rep.1, rep.3` must not be renumbered.
+        let mut store = PytorchStore::from_file(path).map_indices_contiguous(false);
         store
             .get_all_tensors()
             .map_err(|e| unreadable(path, format!("not a readable PyTorch state dict: {e}")))?
@@ -501,4 +502,39 @@ pub fn import_file(from: Format, file: &Path, out: &Path) -> Result<ExportSummar
     }
     weights.source = format!("imported from {}", file.display());
     write_export(&weights, ExportFormat::Burnpack, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pytorch_state_dicts_are_read_with_their_own_names_and_floats_as_f32() {
+        // Made with torch.save({'fc.weight': torch.arange(12.).reshape(3, 4),
+        // 'fc.bias': float64 [0.5, -1, 2], 'bn1.num_batches_tracked': torch.tensor(7)}).
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_state_dict.pth");
+        let tensors = read_foreign_tensors(&path).expect("a PyTorch state dict");
+        assert_eq!(
+            tensors.keys().collect::<Vec<_>>(),
+            ["bn1.num_batches_tracked", "fc.bias", "fc.weight"]
+        );
+        let weight = &tensors["fc.weight"];
+        assert_eq!(weight.shape().to_vec(), [3, 4]);
+        assert_eq!(weight.iter::<f32>().collect::<Vec<_>>()[5], 5.0);
+        assert_eq!(tensors["fc.bias"].dtype(), DType::F32);
+        assert_eq!(
+            tensors["fc.bias"].iter::<f32>().collect::<Vec<_>>(),
+            [0.5, -1.0, 2.0]
+        );
+        assert_eq!(detect_format(&tensors), Format::Timm);
+    }
+
+    #[test]
+    fn hdf5_files_point_to_the_converter() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("weights.h5");
+        std::fs::write(&path, b"\x89HDF\r\n\x1a\n...").expect("write");
+        let error = read_foreign_tensors(&path).expect_err("HDF5").to_string();
+        assert!(error.contains("keras_h5_to_safetensors.py"), "{error}");
+    }
 }
