@@ -399,3 +399,37 @@ pub fn prune(
     }
     Ok(removed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake(root: &Path, step: u64) {
+        let dir = root.join(checkpoint_name(step));
+        fs::create_dir_all(&dir).expect("mkdir");
+        fs::write(dir.join(STATE_FILE), "{}").expect("state");
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest_and_the_best() {
+        let root = tempfile::tempdir().expect("temp dir");
+        for step in 1..=5 {
+            fake(root.path(), step);
+        }
+        // Incomplete: no state.json, so neither listed nor pruned.
+        fs::create_dir_all(root.path().join(checkpoint_name(9))).expect("mkdir");
+        let removed = prune(root.path(), 2, Some(&checkpoint_name(2))).expect("prune");
+        assert_eq!(removed.len(), 2);
+        let kept: Vec<u64> = list(root.path())
+            .expect("list")
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        assert_eq!(kept, [2, 4, 5]);
+        assert!(
+            latest(root.path())
+                .expect("latest")
+                .ends_with(checkpoint_name(5))
+        );
+    }
+}
