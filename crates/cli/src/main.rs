@@ -408,15 +408,13 @@ fn run(command: Command) -> Result<ExitCode> {
             let memory = result
                 .peak_rss_mib
                 .map_or(String::new(), |m| format!(", peak memory {m:.0} MiB"));
-            let summary = format!(
-                "training step, {} at {}x{}, batch {}: {:.2} images/s (median of {} steps){memory}",
-                result.device,
-                result.size,
-                result.size,
-                result.batch,
+            let summary = rate_line(
+                "training step",
+                &result.device,
+                (result.size, result.batch),
                 result.images_per_second,
-                result.seconds.len()
-            );
+                &format!("{} steps", result.seconds.len()),
+            ) + &memory;
             emit_results(&out, json, &result, &summary).map(|()| ExitCode::SUCCESS)
         }
         Command::Bench {
@@ -431,14 +429,12 @@ fn run(command: Command) -> Result<ExitCode> {
             ..
         } => {
             let result = bench::inference(device, batch, size as usize, warmup, repeats)?;
-            let summary = format!(
-                "inference, {} at {}x{}, batch {}: {:.2} images/s (median of {} passes)",
-                result.device,
-                result.size,
-                result.size,
-                result.batch,
+            let summary = rate_line(
+                "inference",
+                &result.device,
+                (result.size, result.batch),
                 result.images_per_second,
-                result.seconds.len()
+                &format!("{} passes", result.seconds.len()),
             );
             emit_results(&out, json, &result, &summary).map(|()| ExitCode::SUCCESS)
         }
@@ -474,6 +470,17 @@ fn run(command: Command) -> Result<ExitCode> {
             emit_results(&out, json, &report, &summary).map(|()| ExitCode::SUCCESS)
         }
     }
+}
+
+/// `what, device at SxS, batch B: R images/s (median of N ...)`.
+fn rate_line(
+    what: &str,
+    device: &str,
+    (size, batch): (usize, usize),
+    rate: f64,
+    of: &str,
+) -> String {
+    format!("{what}, {device} at {size}x{size}, batch {batch}: {rate:.2} images/s (median of {of})")
 }
 
 /// Writes `results` as JSON to `out`, and prints the JSON or `summary`.

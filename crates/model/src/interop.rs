@@ -659,6 +659,15 @@ pub mod reference {
         }
     }
 
+    /// The parity model ([`config`]) on `device` with the formula's weights, loaded through
+    /// the Keras import path.
+    pub fn model(device: &Device) -> Result<crate::Xception, String> {
+        let config = config();
+        let model = crate::Xception::new(&config, device).map_err(|e| e.to_string())?;
+        super::import(model, &config, Format::Keras, keras_weights(&config))
+            .map_err(|e| e.to_string())
+    }
+
     /// The parity input: `batch` images of `size` x `size`, NCHW, in [-1, 1].
     pub fn input(batch: usize, size: usize, device: &Device) -> Tensor<4> {
         let mut values = Vec::with_capacity(batch * 3 * size * size);

@@ -3,8 +3,7 @@
 //! from `scripts/make_parity_fixtures.py` (Keras 3 / TensorFlow).
 
 use burn::tensor::Device;
-use xception_model::Xception;
-use xception_model::interop::{self, Format, reference};
+use xception_model::interop::reference;
 
 fn fixture() -> serde_json::Value {
     let text = include_str!("fixtures/keras_parity.json");
@@ -14,16 +13,8 @@ fn fixture() -> serde_json::Value {
 #[test]
 fn logits_match_keras_within_1e_4() {
     let fixture = fixture();
-    let config = reference::config();
     let device = Device::flex();
-    let model = Xception::new(&config, &device).expect("model");
-    let model = interop::import(
-        model,
-        &config,
-        Format::Keras,
-        reference::keras_weights(&config),
-    )
-    .expect("the Keras names all fit");
+    let model = reference::model(&device).expect("the parity model");
     let logits = model.forward(reference::input(2, 71, &device));
     let found: Vec<f32> = logits.into_data().convert::<f32>().iter::<f32>().collect();
     let expected: Vec<f64> = fixture["logits"]

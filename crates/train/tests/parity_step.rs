@@ -9,7 +9,6 @@ use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use xception_model::Xception;
 use xception_model::interop::{self, Format, reference};
 use xception_train::config::OptimizerConfig;
 use xception_train::optim::{GradientSum, Optimizer};
@@ -21,14 +20,7 @@ fn one_sgd_step_matches_keras() {
             .expect("JSON");
     let config = reference::config();
     let device = Device::flex().autodiff();
-    let model = Xception::new(&config, &device).expect("model");
-    let model = interop::import(
-        model,
-        &config,
-        Format::Keras,
-        reference::keras_weights(&config),
-    )
-    .expect("weights");
+    let model = reference::model(&device).expect("the parity model");
 
     let labels: Vec<i64> = fixture["labels"]
         .as_array()
