@@ -394,7 +394,7 @@ fn run(command: Command) -> Result<ExitCode> {
             data::run_check(&dir, layout, split, json).map(|()| ExitCode::SUCCESS)
         }
         Command::Bench {
-            target: BenchTarget::Train,
+            target: target @ (BenchTarget::Train | BenchTarget::Inference),
             device,
             batch,
             warmup,
@@ -404,39 +404,32 @@ fn run(command: Command) -> Result<ExitCode> {
             json,
             ..
         } => {
-            let result = bench::train_step(device, batch, size as usize, warmup, repeats)?;
-            let memory = result
-                .peak_rss_mib
-                .map_or(String::new(), |m| format!(", peak memory {m:.0} MiB"));
-            let summary = rate_line(
-                "training step",
-                &result.device,
-                (result.size, result.batch),
-                result.images_per_second,
-                &format!("{} steps", result.seconds.len()),
-            ) + &memory;
-            emit_results(&out, json, &result, &summary).map(|()| ExitCode::SUCCESS)
-        }
-        Command::Bench {
-            target: BenchTarget::Inference,
-            device,
-            batch,
-            warmup,
-            size,
-            repeats,
-            out,
-            json,
-            ..
-        } => {
-            let result = bench::inference(device, batch, size as usize, warmup, repeats)?;
-            let summary = rate_line(
-                "inference",
-                &result.device,
-                (result.size, result.batch),
-                result.images_per_second,
-                &format!("{} passes", result.seconds.len()),
-            );
-            emit_results(&out, json, &result, &summary).map(|()| ExitCode::SUCCESS)
+            let size = size as usize;
+            if target == BenchTarget::Train {
+                let result = bench::train_step(device, batch, size, warmup, repeats)?;
+                let memory = result
+                    .peak_rss_mib
+                    .map_or(String::new(), |m| format!(", peak memory {m:.0} MiB"));
+                let summary = rate_line(
+                    "training step",
+                    &result.device,
+                    (result.size, result.batch),
+                    result.images_per_second,
+                    &format!("{} steps", result.seconds.len()),
+                ) + &memory;
+                emit_results(&out, json, &result, &summary)?;
+            } else {
+                let result = bench::inference(device, batch, size, warmup, repeats)?;
+                let summary = rate_line(
+                    "inference",
+                    &result.device,
+                    (result.size, result.batch),
+                    result.images_per_second,
+                    &format!("{} passes", result.seconds.len()),
+                );
+                emit_results(&out, json, &result, &summary)?;
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
             data_dir,

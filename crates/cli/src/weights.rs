@@ -13,7 +13,7 @@ use xception_data::decode::decode_file;
 use xception_data::rng::Rng;
 use xception_data::{DatasetOptions, Layout, Loader, LoaderConfig, Split, Transform};
 use xception_model::interop::Format;
-use xception_train::report::{EvalReport, Reporter, RunStart, StepReport};
+use xception_train::report::Reporter;
 use xception_train::weights::{self, ExportFormat, ExportSummary};
 use xception_train::{Scores, evaluate};
 
@@ -71,8 +71,6 @@ struct EvalProgress {
 }
 
 impl Reporter for EvalProgress {
-    fn started(&mut self, _start: &RunStart) {}
-    fn step(&mut self, _report: &StepReport) {}
     fn evaluating(&mut self, batches: usize) {
         if std::io::stderr().is_terminal() {
             let bar = ProgressBar::new(batches as u64);
@@ -91,7 +89,6 @@ impl Reporter for EvalProgress {
             bar.inc(1);
         }
     }
-    fn evaluated(&mut self, _report: &EvalReport) {}
     fn note(&mut self, message: &str) {
         match &self.bar {
             Some(bar) => bar.println(message),

@@ -29,6 +29,15 @@ pub enum Format {
     Keras,
 }
 
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Timm => "timm",
+            Self::Keras => "Keras",
+        })
+    }
+}
+
 /// What a tensor is, which decides its layout in each format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -384,6 +393,36 @@ impl ModuleVisitor for Gather {
     }
 }
 
+/// Every float tensor's shape by path, read without touching (or initialising) the values.
+#[derive(Default)]
+struct Shapes {
+    path: Vec<String>,
+    shapes: BTreeMap<String, Vec<usize>>,
+}
+
+impl ModuleVisitor for Shapes {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.shapes
+            .insert(self.path.join("."), param.lazy_shape().to_vec());
+    }
+}
+
+/// The shape of every float tensor of a module (parameters and BatchNorm statistics) by
+/// Burn path, without reading any values.
+pub fn shapes_by_path<M: Module>(model: &M) -> BTreeMap<String, Vec<usize>> {
+    let mut shapes = Shapes::default();
+    model.visit(&mut shapes);
+    shapes.shapes
+}
+
 /// Replaces float tensors by path, keeping each parameter's id and gradient requirement.
 struct Replace {
     path: Vec<String>,
@@ -504,18 +543,17 @@ pub fn import(
             .filter(|(key, _)| !key.ends_with("num_batches_tracked"))
             .collect(),
     };
-    let mut gather = Gather::default();
-    model.visit(&mut gather);
+    let shapes = shapes_by_path(&model);
     let mut burn = BTreeMap::new();
     for slot in slots(config) {
         let key = slot.name(format).to_string();
         let data = tensors
             .remove(&key)
             .ok_or_else(|| InteropError::Missing(key.clone()))?;
-        let Some(target) = gather.tensors.get(&slot.burn) else {
+        let Some(target) = shapes.get(&slot.burn) else {
             continue;
         };
-        let expected = format_shape(format, slot.kind, target.shape());
+        let expected = format_shape(format, slot.kind, target);
         if data.shape().to_vec() != expected {
             return Err(InteropError::Shape {
                 key,
@@ -543,15 +581,15 @@ pub fn assign(
     model: Xception,
     tensors: BTreeMap<String, TensorData>,
 ) -> Result<Xception, InteropError> {
-    let current = tensors_by_path(&model);
+    let current = shapes_by_path(&model);
     for (path, data) in &tensors {
         let target = current
             .get(path)
             .ok_or_else(|| InteropError::Unexpected(path.clone()))?;
-        if target.shape() != data.shape() {
+        if target.as_slice() != data.shape().as_ref() {
             return Err(InteropError::Shape {
                 key: path.clone(),
-                expected: target.shape().to_vec(),
+                expected: target.clone(),
                 found: data.shape().to_vec(),
             });
         }
@@ -634,16 +672,10 @@ pub mod reference {
             .collect()
     }
 
-    /// A function giving each tensor's Burn shape from the analytic plan of `config`.
+    /// A function giving each tensor's Burn shape (of a lazily built module: no values).
     fn burn_shapes(config: &XceptionConfig) -> impl Fn(&str, Kind) -> Vec<usize> {
-        let model = crate::Xception::new(config, &Device::flex());
-        let shapes: BTreeMap<String, Vec<usize>> = model
-            .map(|m| {
-                super::tensors_by_path(&m)
-                    .into_iter()
-                    .map(|(path, data)| (path, data.shape().to_vec()))
-                    .collect()
-            })
+        let shapes = crate::Xception::new(config, &Device::flex())
+            .map(|m| super::shapes_by_path(&m))
             .unwrap_or_default();
         move |path, _kind| shapes.get(path).cloned().unwrap_or_default()
     }

@@ -174,8 +174,7 @@ impl Optimizer {
         tensors: BTreeMap<String, TensorData>,
         device: &Device,
     ) -> Result<(), StateError> {
-        let mut sizes = ParamSizes::default();
-        model.visit(&mut sizes);
+        let shapes = xception_model::interop::shapes_by_path(model);
         let slots = self.slot_names();
         let mut state: BTreeMap<String, Vec<Option<Tensor<1>>>> = BTreeMap::new();
         for (key, data) in tensors {
@@ -191,10 +190,11 @@ impl Optimizer {
                     "slot `{slot}` is not one of {slots:?} of this optimizer"
                 ))
             })?;
-            let expected = sizes
-                .sizes
+            let expected: usize = shapes
                 .get(path)
-                .ok_or_else(|| mismatch("the model has no such parameter".into()))?;
+                .ok_or_else(|| mismatch("the model has no such parameter".into()))?
+                .iter()
+                .product();
             let found = data.shape().iter().product::<usize>();
             if data.shape().len() != 1 {
                 return Err(mismatch(format!(
@@ -202,7 +202,7 @@ impl Optimizer {
                     data.shape()
                 )));
             }
-            if found != *expected {
+            if found != expected {
                 return Err(mismatch(format!(
                     "{found} values, the parameter has {expected}"
                 )));
@@ -230,27 +230,6 @@ impl Optimizer {
             OptimizerConfig::Sgd { .. } => &["velocity"],
             OptimizerConfig::Rmsprop { .. } => &["mean_square", "momentum"],
         }
-    }
-}
-
-#[derive(Default)]
-struct ParamSizes {
-    path: Vec<String>,
-    sizes: HashMap<String, usize>,
-}
-
-impl ModuleVisitor for ParamSizes {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let size = param.lazy_shape().num_elements();
-        self.sizes.insert(self.path.join("."), size);
     }
 }
 

@@ -114,8 +114,7 @@ impl Curves {
         };
         panel(
             &mut image,
-            0,
-            "LOSS",
+            (0, "LOSS", true),
             (low, high),
             x_max,
             &[
@@ -126,8 +125,7 @@ impl Curves {
         );
         panel(
             &mut image,
-            PANEL_W,
-            "TOP-1 %",
+            (PANEL_W, "TOP-1 %", false),
             (0.0, 100.0),
             x_max,
             &[
@@ -153,10 +151,11 @@ impl Curves {
 
 type Series<'a> = (&'a [(f64, f64)], Rgb<u8>, bool);
 
+/// Draws one panel at `left` titled `title`; with `log_scale`, the y values are log10 and
+/// the labels show their powers of ten.
 fn panel(
     image: &mut RgbImage,
-    left: u32,
-    title: &str,
+    (left, title, log_scale): (u32, &str, bool),
     (y_min, y_max): (f64, f64),
     x_max: f64,
     series: &[Series<'_>],
@@ -169,7 +168,6 @@ fn panel(
         (px, py)
     };
     // Grid and labels: one line per decade on the log scale, five lines otherwise.
-    let log_scale = title == "LOSS";
     let lines = if log_scale {
         ((y_max - y_min).round() as i32).max(1)
     } else {

@@ -91,29 +91,24 @@ pub struct Scores {
     pub images: u64,
 }
 
-/// Receives a run's events.
+/// Receives a run's events; every method does nothing unless implemented.
 pub trait Reporter {
     /// The run is about to take its first step.
-    fn started(&mut self, start: &RunStart);
+    fn started(&mut self, _start: &RunStart) {}
     /// An optimizer step was taken.
-    fn step(&mut self, report: &StepReport);
+    fn step(&mut self, _report: &StepReport) {}
     /// An evaluation is starting over `batches` batches.
     fn evaluating(&mut self, _batches: usize) {}
     /// One evaluation batch is done.
     fn evaluated_batch(&mut self) {}
     /// The validation set was evaluated.
-    fn evaluated(&mut self, report: &EvalReport);
+    fn evaluated(&mut self, _report: &EvalReport) {}
     /// Anything else worth a line: checkpoints written, bad files skipped, data generated.
-    fn note(&mut self, message: &str);
+    fn note(&mut self, _message: &str) {}
 }
 
 /// A reporter that records nothing (for tests and library callers that only want the result).
 #[derive(Debug, Default)]
 pub struct Silent;
 
-impl Reporter for Silent {
-    fn started(&mut self, _start: &RunStart) {}
-    fn step(&mut self, _report: &StepReport) {}
-    fn evaluated(&mut self, _report: &EvalReport) {}
-    fn note(&mut self, _message: &str) {}
-}
+impl Reporter for Silent {}

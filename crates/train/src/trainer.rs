@@ -361,7 +361,6 @@ struct Run<'a> {
     ema: Option<Ema<Xception>>,
     optimizer: Optimizer,
     state: TrainState,
-    running: ClassificationMeter,
     last_checkpoint: Option<PathBuf>,
 }
 
@@ -369,7 +368,6 @@ impl Run<'_> {
     fn save(&mut self, reason: &str, reporter: &mut dyn Reporter) -> Result<PathBuf, TrainError> {
         self.state.reason = reason.to_string();
         self.state.ema_updates = self.ema.as_ref().map_or(0, Ema::updates);
-        self.state.running = self.running;
         let valid = self.model.valid();
         let name = checkpoint::checkpoint_name(self.state.step);
         let path = checkpoint::write(
@@ -495,7 +493,7 @@ pub fn train(
     let mut optimizer = Optimizer::new(config.optimizer.clone());
     let mut ema = None;
     let config_toml = config.to_toml();
-    let (state, running) = match &resume {
+    let state = match &resume {
         Some(resume) => {
             model = checkpoint::load_module(model, &resume.model_file())?;
             optimizer
@@ -523,7 +521,7 @@ pub fn train(
             }
             let mut state = resume.state.clone();
             state.config_hash = config.hash();
-            (state, resume.state.running)
+            state
         }
         None => {
             if let Some(init) = &config.training.init_from {
@@ -532,7 +530,7 @@ pub fn train(
             if let Some(decay) = config.training.ema_decay {
                 ema = Some(Ema::new(&model, decay, config.training.ema_warmup));
             }
-            let state = TrainState {
+            TrainState {
                 format: checkpoint::FORMAT,
                 epoch: 0,
                 step: 0,
@@ -545,8 +543,7 @@ pub fn train(
                 best: None,
                 reason: String::new(),
                 running: ClassificationMeter::default(),
-            };
-            (state, ClassificationMeter::default())
+            }
         }
     };
     if let Some(resume) = &resume {
@@ -602,12 +599,14 @@ pub fn train(
         ema,
         optimizer,
         state,
-        running,
         last_checkpoint: resume.as_ref().map(|r| r.dir.clone()),
     };
     let loss_fn = CrossEntropyLossConfig::new().init(&train_device);
     let seed = config.training.seed;
     let mut last_eval = None;
+    let stop_requested = |step: u64| {
+        stop.load(Ordering::SeqCst) || options.stop_at_step.is_some_and(|at| step >= at)
+    };
 
     while run.state.epoch < epochs {
         let epoch = run.state.epoch;
@@ -663,7 +662,7 @@ pub fn train(
                     });
                 }
                 step_loss += value;
-                run.running.add(value, logits.detach(), labels);
+                run.state.running.add(value, logits.detach(), labels);
                 let grads = GradientsParams::from_grads(loss.backward(), &run.model);
                 sum.add(&run.model, grads);
             }
@@ -696,9 +695,9 @@ pub fn train(
                 steps_per_epoch,
                 lr,
                 loss: step_loss / batches_in_step as f64,
-                running_loss: run.running.loss(),
-                running_top1: run.running.top1_percent(),
-                running_top5: run.running.top5_percent(),
+                running_loss: run.state.running.loss(),
+                running_top1: run.state.running.top1_percent(),
+                running_top5: run.state.running.top5_percent(),
                 grad_norm,
                 images_per_sec: step_images as f64 / seconds,
                 data_wait: (waited / seconds).min(1.0),
@@ -725,8 +724,7 @@ pub fn train(
             step_images = 0;
             step_loss = 0.0;
 
-            let stopping = stop.load(Ordering::SeqCst)
-                || options.stop_at_step.is_some_and(|at| run.state.step >= at);
+            let stopping = stop_requested(run.state.step);
             let epoch_done = batch_in_epoch == batches_per_epoch;
             if stopping && !epoch_done {
                 log.flush().map_err(io_error(log.jsonl_path()))?;
@@ -746,7 +744,7 @@ pub fn train(
         // The epoch is done.
         run.state.epoch = epoch + 1;
         run.state.batch_in_epoch = 0;
-        run.running = ClassificationMeter::default();
+        run.state.running = ClassificationMeter::default();
         let epochs_done = epoch + 1;
         if epochs_done.is_multiple_of(u64::from(config.training.eval_every_epochs))
             || epochs_done == epochs
@@ -801,8 +799,7 @@ pub fn train(
             "epoch"
         };
         run.save(reason, reporter)?;
-        let stopping = stop.load(Ordering::SeqCst)
-            || options.stop_at_step.is_some_and(|at| run.state.step >= at);
+        let stopping = stop_requested(run.state.step);
         if stopping && epochs_done < epochs {
             return Ok(summary(&run, Outcome::Interrupted, last_eval, started));
         }

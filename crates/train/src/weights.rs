@@ -150,30 +150,52 @@ fn checkpoint_weights_file(info: &CheckpointInfo, ema: bool) -> Result<PathBuf, 
     }
 }
 
-/// Reads every tensor of a safetensors or PyTorch file, floats as f32.
-pub fn read_foreign_tensors(path: &Path) -> Result<BTreeMap<String, TensorData>, WeightsError> {
-    let bytes = std::fs::read(path).map_err(|e| unreadable(path, e))?;
-    if bytes.starts_with(b"\x89HDF\r\n\x1a\n") {
+/// What a foreign weights file is, by its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FileKind {
+    Safetensors,
+    Pytorch,
+}
+
+fn file_kind(path: &Path) -> Result<FileKind, WeightsError> {
+    use std::io::Read;
+    let mut magic = [0u8; 8];
+    let read = std::fs::File::open(path)
+        .and_then(|mut file| file.read(&mut magic))
+        .map_err(|e| unreadable(path, e))?;
+    let magic = &magic[..read];
+    if magic.starts_with(b"\x89HDF\r\n\x1a\n") {
         return Err(unreadable(
             path,
             "is an HDF5 (Keras .h5) file, which this program cannot read: convert it first with `python scripts/keras_h5_to_safetensors.py FILE.h5 FILE.safetensors` (needs h5py), then pass the .safetensors file",
         ));
     }
-    let pytorch = bytes.starts_with(b"PK\x03\x04") || bytes.first() == Some(&0x80);
-    drop(bytes);
-    let tensors = if pytorch {
-        // Keys exactly as saved: timm's `rep.0, rep.1, rep.3` must not be renumbered.
-        let mut store = PytorchStore::from_file(path).map_indices_contiguous(false);
-        store
-            .get_all_tensors()
-            .map_err(|e| unreadable(path, format!("not a readable PyTorch state dict: {e}")))?
-            .clone()
+    // A zip archive (torch.save since 1.6) or a legacy pickle.
+    if magic.starts_with(b"PK\x03\x04") || magic.first() == Some(&0x80) {
+        Ok(FileKind::Pytorch)
     } else {
-        let mut store = SafetensorsStore::from_file(path);
-        store
-            .get_all_tensors()
-            .map_err(|e| unreadable(path, format!("not a complete safetensors file: {e}")))?
-            .clone()
+        Ok(FileKind::Safetensors)
+    }
+}
+
+/// Reads every tensor of a safetensors or PyTorch file, floats as f32.
+pub fn read_foreign_tensors(path: &Path) -> Result<BTreeMap<String, TensorData>, WeightsError> {
+    let tensors = match file_kind(path)? {
+        FileKind::Pytorch => {
+            // Keys exactly as saved: timm's `rep.0, rep.1, rep.3` must not be renumbered.
+            let mut store = PytorchStore::from_file(path).map_indices_contiguous(false);
+            store
+                .get_all_tensors()
+                .map_err(|e| unreadable(path, format!("not a readable PyTorch state dict: {e}")))?
+                .clone()
+        }
+        FileKind::Safetensors => {
+            let mut store = SafetensorsStore::from_file(path);
+            store
+                .get_all_tensors()
+                .map_err(|e| unreadable(path, format!("not a complete safetensors file: {e}")))?
+                .clone()
+        }
     };
     let mut out = BTreeMap::new();
     for (name, tensor) in tensors {
@@ -189,12 +211,25 @@ pub fn read_foreign_tensors(path: &Path) -> Result<BTreeMap<String, TensorData>,
     Ok(out)
 }
 
-/// Reads the string metadata of a safetensors file.
+/// The string metadata of a safetensors file, read from its header alone.
 fn safetensors_metadata(path: &Path) -> Result<HashMap<String, String>, WeightsError> {
-    let bytes = std::fs::read(path).map_err(|e| unreadable(path, e))?;
-    let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| unreadable(path, format!("not a complete safetensors file: {e}")))?;
-    Ok(metadata.metadata().clone().unwrap_or_default())
+    use std::io::Read;
+    let broken =
+        |reason: String| unreadable(path, format!("not a complete safetensors file: {reason}"));
+    let mut file = std::fs::File::open(path).map_err(|e| unreadable(path, e))?;
+    let mut length = [0u8; 8];
+    file.read_exact(&mut length)
+        .map_err(|e| broken(e.to_string()))?;
+    let length = usize::try_from(u64::from_le_bytes(length)).map_err(|e| broken(e.to_string()))?;
+    let mut header = vec![0u8; length];
+    file.read_exact(&mut header)
+        .map_err(|e| broken(e.to_string()))?;
+    let header: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|e| broken(e.to_string()))?;
+    Ok(header
+        .get("__metadata__")
+        .and_then(|m| serde_json::from_value(m.clone()).ok())
+        .unwrap_or_default())
 }
 
 /// Which foreign naming a set of tensors uses.
@@ -248,15 +283,28 @@ fn metadata_config(
 /// from the file's metadata when it was written by `xception export`, else the paper's model
 /// with the file's number of classes.
 pub fn load_foreign(path: &Path, device: &Device) -> Result<Weights, WeightsError> {
+    load_foreign_as(path, device, None)
+}
+
+/// [`load_foreign`], refusing a file whose names are not `expected`'s.
+fn load_foreign_as(
+    path: &Path,
+    device: &Device,
+    expected: Option<Format>,
+) -> Result<Weights, WeightsError> {
     let tensors = read_foreign_tensors(path)?;
     let format = detect_format(&tensors);
-    let is_safetensors = !path
-        .extension()
-        .is_some_and(|e| ["pth", "pt", "bin"].contains(&e.to_string_lossy().as_ref()));
-    let metadata = if is_safetensors {
-        safetensors_metadata(path).unwrap_or_default()
-    } else {
-        HashMap::new()
+    if let Some(expected) = expected
+        && expected != format
+    {
+        return Err(unreadable(
+            path,
+            format!("holds {format} names, not {expected} ones"),
+        ));
+    }
+    let metadata = match file_kind(path)? {
+        FileKind::Safetensors => safetensors_metadata(path)?,
+        FileKind::Pytorch => HashMap::new(),
     };
     let (config, classes) = match metadata_config(path, &metadata)? {
         Some(found) => found,
@@ -277,7 +325,7 @@ pub fn load_foreign(path: &Path, device: &Device) -> Result<Weights, WeightsErro
         model,
         config,
         classes,
-        source: format!("{} ({format:?} names)", path.display()),
+        source: format!("{} ({format} names)", path.display()),
         crop_pct: 0.875,
     })
 }
@@ -485,21 +533,7 @@ pub fn export_weights(
 
 /// Imports a timm or Keras weights file (safetensors or PyTorch) as a Burnpack file.
 pub fn import_file(from: Format, file: &Path, out: &Path) -> Result<ExportSummary, WeightsError> {
-    let mut weights = load_foreign(file, &Device::flex())?;
-    let found = weights.source.contains(&format!("{from:?}"));
-    if !found {
-        return Err(unreadable(
-            file,
-            format!(
-                "holds {} names, not {from:?} ones",
-                if from == Format::Timm {
-                    "Keras"
-                } else {
-                    "timm"
-                }
-            ),
-        ));
-    }
+    let mut weights = load_foreign_as(file, &Device::flex(), Some(from))?;
     weights.source = format!("imported from {}", file.display());
     write_export(&weights, ExportFormat::Burnpack, out)
 }
