@@ -35,8 +35,12 @@ enum Command {
         /// The training config (TOML), e.g. configs/demo.toml.
         config: PathBuf,
         /// The device (overrides training.device): flex, ndarray or wgpu.
-        #[arg(long, value_enum)]
+        #[arg(long, value_enum, conflicts_with = "devices")]
         device: Option<DeviceChoice>,
+        /// Train data-parallel on several devices (overrides training.devices), e.g.
+        /// --devices wgpu:0,wgpu:1; each takes data.batch_size images of every batch.
+        #[arg(long, value_delimiter = ',', value_name = "D1,D2,...")]
+        devices: Vec<String>,
         /// Continue from a checkpoint directory, or `auto` for the run's newest one.
         #[arg(long, value_name = "CKPT_DIR|auto", num_args = 0..=1, default_missing_value = "auto")]
         resume: Option<String>,
@@ -274,6 +278,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Train {
             config,
             device,
+            devices,
             resume,
             overrides,
             run_dir,
@@ -283,6 +288,7 @@ fn run(command: Command) -> Result<ExitCode> {
             let interrupted = train::run(train::TrainArgs {
                 config,
                 device,
+                devices,
                 resume,
                 overrides,
                 run_dir,

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow};
-use clap::ValueEnum;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use xception_train::parallel::device_named;
 use xception_train::{
     EvalReport, Outcome, Reporter, ResumeFrom, RunOptions, RunStart, StepReport, TrainConfig,
 };
@@ -20,6 +20,7 @@ use crate::device::DeviceChoice;
 pub struct TrainArgs {
     pub config: PathBuf,
     pub device: Option<DeviceChoice>,
+    pub devices: Vec<String>,
     pub resume: Option<String>,
     pub overrides: Vec<String>,
     pub run_dir: Option<PathBuf>,
@@ -32,11 +33,18 @@ pub fn run(args: TrainArgs) -> Result<bool> {
     let mut overrides = args.overrides.clone();
     if let Some(device) = args.device {
         overrides.push(format!("training.device=\"{device}\""));
+        overrides.push("training.devices=[]".to_string());
+    }
+    if !args.devices.is_empty() {
+        let quoted: Vec<String> = args.devices.iter().map(|d| format!("{d:?}")).collect();
+        overrides.push(format!("training.devices=[{}]", quoted.join(", ")));
     }
     let config = TrainConfig::load(&args.config, &overrides)?;
-    let choice = DeviceChoice::from_str(&config.training.device, true)
-        .map_err(|e| anyhow!("training.device: {e}"))?;
-    let device = choice.device();
+    let devices = config
+        .device_names()
+        .iter()
+        .map(|name| device_named(name).map_err(|e| anyhow!("training.device: {e}")))
+        .collect::<Result<Vec<_>>>()?;
     let run_dir = args
         .run_dir
         .clone()
@@ -66,7 +74,7 @@ pub fn run(args: TrainArgs) -> Result<bool> {
         stop_at_step: args.stop_at_step,
     };
     let mut reporter = ConsoleReporter::new(config.logging.every_steps);
-    let summary = xception_train::train(&config, &device, &options, &mut reporter, &stop)?;
+    let summary = xception_train::train(&config, &devices, &options, &mut reporter, &stop)?;
     reporter.finish();
 
     let checkpoint = summary

@@ -122,3 +122,63 @@ fn ctrl_c_writes_a_checkpoint_and_exits_cleanly() {
     let state = std::fs::read_to_string(newest.join("state.json")).expect("state");
     assert!(state.contains("\"reason\": \"interrupt\""), "{state}");
 }
+
+#[test]
+fn train_on_two_devices_and_refuse_resuming_on_one() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // 2 images per device: the same 4-image batches, 6 steps per epoch, as on one device.
+    let config = tiny_config(dir.path(), "pair", 3, 1, "");
+    let run_dir = dir.path().join("run");
+    let run = run_dir.display().to_string();
+    let pair = xception(&[
+        "train",
+        &config,
+        "--run-dir",
+        &run,
+        "--devices",
+        "flex,ndarray",
+        "--set",
+        "data.batch_size=2",
+        "--stop-at-step",
+        "4",
+    ]);
+    let (out, err) = (text(&pair.stdout), text(&pair.stderr));
+    assert!(pair.status.success(), "{err}");
+    assert!(
+        err.contains("flex, ndarray"),
+        "the devices are named: {err}"
+    );
+    assert!(out.contains("stopped after step 4"), "{out}");
+
+    // Resuming on one device would change the batch per step: refused, field named.
+    let single = xception(&[
+        "train",
+        &config,
+        "--run-dir",
+        &run,
+        "--resume",
+        "--set",
+        "data.batch_size=2",
+    ]);
+    let err = text(&single.stderr);
+    assert!(!single.status.success());
+    assert!(
+        err.contains("number of devices") && err.contains("2 -> 1"),
+        "{err}"
+    );
+
+    let rest = xception(&[
+        "train",
+        &config,
+        "--run-dir",
+        &run,
+        "--resume",
+        "--devices",
+        "flex,ndarray",
+        "--set",
+        "data.batch_size=2",
+    ]);
+    let (out, err) = (text(&rest.stdout), text(&rest.stderr));
+    assert!(rest.status.success(), "{err}");
+    assert!(out.contains("finished 1 epochs (6 steps)"), "{out}");
+}

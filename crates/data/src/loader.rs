@@ -74,7 +74,7 @@ pub struct BadFile {
 }
 
 /// A batch in host memory.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct HostBatch {
     /// Position of the batch in its epoch.
     pub index: usize,
@@ -99,6 +99,37 @@ impl HostBatch {
     /// Whether every file of the batch was bad.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
+    }
+
+    /// Splits the batch into `parts` contiguous shares (data-parallel training), as even as
+    /// possible, the first shares taking one image more. Skipped files stay with the first
+    /// share; shares keep the batch's index.
+    pub fn split(self, parts: usize) -> Vec<HostBatch> {
+        if parts <= 1 {
+            return vec![self];
+        }
+        let n = self.len();
+        let pixels = 3 * self.size * self.size;
+        let mut shares = Vec::with_capacity(parts);
+        let mut start = 0;
+        for part in 0..parts {
+            let count = n / parts + usize::from(part < n % parts);
+            let end = start + count;
+            shares.push(HostBatch {
+                index: self.index,
+                images: self.images[start * pixels..end * pixels].to_vec(),
+                labels: self.labels[start..end].to_vec(),
+                samples: self.samples[start..end].to_vec(),
+                skipped: if part == 0 {
+                    self.skipped.clone()
+                } else {
+                    Vec::new()
+                },
+                size: self.size,
+            });
+            start = end;
+        }
+        shares
     }
 
     /// The batch as tensors on `device`: images `[N, 3, S, S]` and labels `[N]`. Consumes

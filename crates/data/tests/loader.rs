@@ -198,3 +198,30 @@ fn invalid_settings_name_the_field() {
     let error = Loader::new(dataset(dir.path(), Split::Val), config).expect_err("zero batch");
     assert!(error.to_string().contains("data.batch_size"), "{error}");
 }
+
+#[test]
+fn a_batch_splits_into_contiguous_shares_for_several_devices() {
+    let size = 2;
+    let pixels = 3 * size * size;
+    let batch = HostBatch {
+        index: 4,
+        images: (0..5 * pixels).map(|v| v as f32).collect(),
+        labels: vec![0, 1, 2, 3, 4],
+        samples: vec![10, 11, 12, 13, 14],
+        skipped: Vec::new(),
+        size,
+    };
+    let shares = batch.clone().split(3);
+    let labels: Vec<Vec<i64>> = shares.iter().map(|s| s.labels.clone()).collect();
+    assert_eq!(labels, vec![vec![0, 1], vec![2, 3], vec![4]]);
+    assert_eq!(shares[1].samples, vec![12, 13]);
+    assert_eq!(shares[2].images, batch.images[4 * pixels..].to_vec());
+    assert!(shares.iter().all(|s| s.index == 4 && s.size == size));
+    let joined: Vec<f32> = shares.iter().flat_map(|s| s.images.clone()).collect();
+    assert_eq!(joined, batch.images);
+    // More devices than images: the last shares are empty, nothing is lost.
+    let shares = batch.clone().split(7);
+    assert_eq!(shares.iter().map(HostBatch::len).sum::<usize>(), 5);
+    assert!(shares[5].is_empty() && shares[6].is_empty());
+    assert_eq!(batch.clone().split(1), vec![batch]);
+}

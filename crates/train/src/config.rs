@@ -124,8 +124,11 @@ pub struct TrainingConfig {
     pub epochs: u32,
     /// Seed of initialisation, order and augmentation.
     pub seed: u64,
-    /// `flex`, `ndarray` or `wgpu`.
+    /// `flex`, `ndarray`, `wgpu` or `wgpu:N` (the N-th discrete GPU).
     pub device: String,
+    /// Several devices for data-parallel training (`["wgpu:0", "wgpu:1"]`); when given,
+    /// `device` is not used. Each device takes `data.batch_size` images of every batch.
+    pub devices: Vec<String>,
     /// Batches whose gradients are summed before each optimizer step.
     pub grad_accumulation: u32,
     /// Clip the global gradient norm to this value; none when absent.
@@ -150,6 +153,7 @@ impl Default for TrainingConfig {
             epochs: 100,
             seed: 0,
             device: "flex".to_string(),
+            devices: Vec::new(),
             grad_accumulation: 1,
             grad_clip_norm: None,
             ema_decay: Some(0.9999),
@@ -302,6 +306,15 @@ pub fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<(), C
 }
 
 impl TrainConfig {
+    /// The devices the run trains on: `training.devices` when given, else `training.device`.
+    pub fn device_names(&self) -> Vec<String> {
+        if self.training.devices.is_empty() {
+            vec![self.training.device.clone()]
+        } else {
+            self.training.devices.clone()
+        }
+    }
+
     /// Parses `text` (from `path`, for messages) with `overrides` applied.
     pub fn parse(path: &Path, text: &str, overrides: &[String]) -> Result<Self, ConfigFileError> {
         let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigFileError::Syntax {
@@ -372,12 +385,19 @@ impl TrainConfig {
         if self.training.grad_accumulation == 0 {
             return field("training.grad_accumulation", "must be at least 1".into());
         }
-        if !["flex", "ndarray", "wgpu"].contains(&self.training.device.as_str()) {
-            let reason = format!(
-                "expected flex, ndarray or wgpu, got {:?}",
-                self.training.device
-            );
+        if let Err(reason) = check_device_name(&self.training.device) {
             return field("training.device", reason);
+        }
+        for (index, name) in self.training.devices.iter().enumerate() {
+            if let Err(reason) = check_device_name(name) {
+                return field(&format!("training.devices[{index}]"), reason);
+            }
+            if self.training.devices[..index].contains(name) {
+                return field(
+                    &format!("training.devices[{index}]"),
+                    format!("{name:?} is listed twice"),
+                );
+            }
         }
         if let Some(decay) = self.training.ema_decay
             && !(0.0..1.0).contains(&decay)
@@ -460,6 +480,21 @@ impl TrainConfig {
     }
 }
 
+/// Whether `name` is a device name: `flex`, `ndarray`, `wgpu` or `wgpu:N`.
+pub fn check_device_name(name: &str) -> Result<(), String> {
+    let known = matches!(name, "flex" | "ndarray" | "wgpu")
+        || name
+            .strip_prefix("wgpu:")
+            .is_some_and(|index| index.parse::<usize>().is_ok());
+    if known {
+        Ok(())
+    } else {
+        Err(format!(
+            "expected flex, ndarray, wgpu or wgpu:N (N-th discrete GPU), got {name:?}"
+        ))
+    }
+}
+
 fn flatten_into(fields: &mut BTreeMap<String, String>, prefix: String, value: &serde_json::Value) {
     match value {
         serde_json::Value::Object(map) => {
@@ -532,6 +567,17 @@ mod tests {
             error.contains("training.device") && error.contains("wgpu"),
             "{error}"
         );
+        let error = parse("[training]\ndevices = [\"wgpu:0\", \"wgpu:x\"]\n", &[])
+            .expect_err("bad index")
+            .to_string();
+        assert!(error.contains("training.devices[1]"), "{error}");
+        let error = parse("[training]\ndevices = [\"flex\", \"flex\"]\n", &[])
+            .expect_err("twice")
+            .to_string();
+        assert!(error.contains("listed twice"), "{error}");
+        let config =
+            parse("[training]\ndevices = [\"wgpu:0\", \"wgpu:1\"]\n", &[]).expect("two GPUs");
+        assert_eq!(config.device_names(), ["wgpu:0", "wgpu:1"]);
         let error = parse(
             "[schedule]\nlr = -1.0\n[schedule.decay]\nkind = \"constant\"\n",
             &[],

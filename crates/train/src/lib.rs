@@ -3,7 +3,7 @@
 //! The config schema ([`config`]), learning-rate schedules ([`schedule`]), the paper's SGD and
 //! RMSprop ([`optim`]), Polyak averaging ([`ema`]), metrics ([`metrics`], [`record`],
 //! [`plot`]), checkpoints ([`checkpoint`]) and the loop that ties them together with exact
-//! resume ([`trainer`]). What the loop reports while it runs goes through [`report`];
+//! resume ([`trainer`]), on one device or several ([`parallel`]). What the loop reports while it runs goes through [`report`];
 //! weights files (checkpoints, exports, timm and Keras imports) are read and written by
 //! [`weights`].
 
@@ -12,6 +12,7 @@ pub mod config;
 pub mod ema;
 pub mod metrics;
 pub mod optim;
+pub mod parallel;
 pub mod plot;
 pub mod record;
 pub mod report;

@@ -33,13 +33,25 @@ pub struct GradientSum {
 
 impl GradientSum {
     /// Adds the gradients of one batch's mean loss for every parameter of `model`.
-    pub fn add<M: Module>(&mut self, model: &M, mut grads: GradientsParams) {
-        let mut take = TakeGradients {
-            grads: &mut grads,
-            sums: &mut self.sums,
-            order: &mut self.order,
-        };
-        model.visit(&mut take);
+    pub fn add<M: Module>(&mut self, model: &M, grads: GradientsParams) {
+        self.add_shares(model, vec![(grads, 1.0)]);
+    }
+
+    /// Adds one batch computed in shares (one per device): `sum_i weight_i * grads_i`, where
+    /// each `grads_i` is the gradient of its share's mean loss and `weight_i` the share's
+    /// fraction of the batch, is the gradient of the whole batch's mean loss. Shares are
+    /// summed in the order given, so the result does not depend on which device finished
+    /// first.
+    pub fn add_shares<M: Module>(&mut self, model: &M, shares: Vec<(GradientsParams, f64)>) {
+        for (mut grads, weight) in shares {
+            let mut take = TakeGradients {
+                grads: &mut grads,
+                sums: &mut self.sums,
+                order: &mut self.order,
+                weight,
+            };
+            model.visit(&mut take);
+        }
         self.batches += 1;
     }
 
@@ -92,6 +104,7 @@ struct TakeGradients<'a> {
     grads: &'a mut GradientsParams,
     sums: &'a mut HashMap<ParamId, Tensor<1>>,
     order: &'a mut Vec<ParamId>,
+    weight: f64,
 }
 
 impl ModuleVisitor for TakeGradients<'_> {
@@ -100,7 +113,10 @@ impl ModuleVisitor for TakeGradients<'_> {
             return;
         };
         let elements = grad.shape().num_elements();
-        let grad = grad.reshape([elements]);
+        let mut grad = grad.reshape([elements]);
+        if self.weight != 1.0 {
+            grad = grad.mul_scalar(self.weight);
+        }
         let sum = match self.sums.remove(&param.id) {
             Some(sum) => sum + grad,
             None => {

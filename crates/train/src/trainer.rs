@@ -9,8 +9,7 @@ use std::time::Instant;
 
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::GradientsParams;
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 use xception_data::rng::derive;
 use xception_data::{
     DataError, Dataset, DatasetOptions, Loader, LoaderConfig, Split, Transform, synth,
@@ -23,6 +22,7 @@ use crate::config::{ConfigFileError, TrainConfig};
 use crate::ema::Ema;
 use crate::metrics::ClassificationMeter;
 use crate::optim::{GradientSum, Optimizer, StateError};
+use crate::parallel::DataParallel;
 use crate::plot;
 use crate::record::{MetricsLog, MetricsRow};
 use crate::report::{EvalReport, Reporter, RunStart, Scores, StepReport};
@@ -81,6 +81,12 @@ pub struct RunSummary {
 /// Why a run could not start or continue.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
+    /// `train` was given no device.
+    #[error("no device to train on")]
+    NoDevice,
+    /// A device failed during a data-parallel step.
+    #[error("{0}")]
+    Device(String),
     /// The checkpoint's own config cannot be read.
     #[error(transparent)]
     Config(#[from] ConfigFileError),
@@ -175,7 +181,7 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
 /// Config fields that never change what a run computes: they may differ on resume.
 const RESULT_NEUTRAL: [&str; 7] = [
     "training.init_from",
-    "training.device",
+    "training.device", // and training.devices; their number is checked on its own
     "data.workers",
     "data.prefetch",
     "logging.",
@@ -184,10 +190,19 @@ const RESULT_NEUTRAL: [&str; 7] = [
 ];
 
 fn recipe_changes(old: &TrainConfig, new: &TrainConfig) -> Vec<String> {
-    old.changed_fields(new)
+    let mut changes: Vec<String> = old
+        .changed_fields(new)
         .into_iter()
         .filter(|line| !RESULT_NEUTRAL.iter().any(|prefix| line.starts_with(prefix)))
-        .collect()
+        .collect();
+    // Which devices is free; how many is not: each takes `data.batch_size` images.
+    let (before, after) = (old.device_names().len(), new.device_names().len());
+    if before != after {
+        changes.push(format!(
+            "number of devices (training.device/devices): {before} -> {after} (the batch per step changes)"
+        ));
+    }
+    changes
 }
 
 /// Opens a split of the configured data, generating the synthetic dataset first when the
@@ -264,12 +279,13 @@ pub fn evaluate(
 /// validation (in order, central crop, every image).
 pub fn loaders(
     config: &TrainConfig,
+    devices: usize,
     train: Dataset,
     val: Dataset,
 ) -> Result<(Loader, Loader), TrainError> {
     let size = config.model.input_size as u32;
     let base = LoaderConfig {
-        batch_size: config.data.batch_size,
+        batch_size: config.data.batch_size * devices.max(1),
         workers: config.data.workers,
         prefetch: config.data.prefetch,
         seed: config.training.seed,
@@ -287,6 +303,7 @@ pub fn loaders(
             size,
             crop_pct: config.data.eval_crop_pct,
         },
+        batch_size: config.data.batch_size,
         ..base.clone()
     };
     Ok((
@@ -395,17 +412,21 @@ impl Run<'_> {
     }
 }
 
-/// Trains `config` on `device` (a plain device; autodiff is added here). `stop` is polled
-/// after every optimizer step: when set, a checkpoint is written and the run returns
-/// [`Outcome::Interrupted`].
+/// Trains `config` on `devices` (plain devices; autodiff is added here): one device, or
+/// several sharing each batch ([`DataParallel`](crate::parallel::DataParallel)), the first holding the model, the
+/// optimizer and evaluation. `stop` is polled after every optimizer step: when set, a
+/// checkpoint is written and the run returns [`Outcome::Interrupted`].
 pub fn train(
     config: &TrainConfig,
-    device: &Device,
+    devices: &[Device],
     options: &RunOptions,
     reporter: &mut dyn Reporter,
     stop: &AtomicBool,
 ) -> Result<RunSummary, TrainError> {
     let started = Instant::now();
+    let Some(device) = devices.first() else {
+        return Err(TrainError::NoDevice);
+    };
     let run_dir = &options.run_dir;
     let checkpoints = run_dir.join("checkpoints");
     std::fs::create_dir_all(run_dir).map_err(io_error(run_dir))?;
@@ -467,8 +488,9 @@ pub fn train(
     }
     let (train_images, val_images) = (train_set.len(), val_set.len());
     let classes_json = serde_json::to_string_pretty(&train_set.classes).unwrap_or_default();
-    let (train_loader, val_loader) = loaders(config, train_set, val_set)?;
-    let batch_size = config.data.batch_size as u64;
+    let (train_loader, val_loader) = loaders(config, devices.len(), train_set, val_set)?;
+    // Each device takes `data.batch_size` images of every batch.
+    let batch_size = (config.data.batch_size * devices.len()) as u64;
     let accumulation = u64::from(config.training.grad_accumulation);
     let batches_per_epoch = train_loader.batches_per_epoch() as u64;
     if batches_per_epoch == 0 {
@@ -486,7 +508,8 @@ pub fn train(
     let total_samples = samples_per_epoch * epochs;
 
     // Model, EMA and optimizer: fresh from the seed, or read from the checkpoint.
-    let train_device = device.clone().autodiff();
+    let parallel = DataParallel::new(devices);
+    let train_device = parallel.main_device().clone();
     device.seed(config.training.seed);
     train_device.seed(config.training.seed);
     let mut model = Xception::new(&config.model, &train_device)?;
@@ -587,7 +610,7 @@ pub fn train(
         start_step: state.step,
         total_steps: steps_per_epoch * epochs,
         images_per_step: batch_size * accumulation,
-        device: config.training.device.clone(),
+        device: config.device_names().join(", "),
     });
 
     let mut run = Run {
@@ -601,7 +624,6 @@ pub fn train(
         state,
         last_checkpoint: resume.as_ref().map(|r| r.dir.clone()),
     };
-    let loss_fn = CrossEntropyLossConfig::new().init(&train_device);
     let seed = config.training.seed;
     let mut last_eval = None;
     let stop_requested = |step: u64| {
@@ -627,25 +649,30 @@ pub fn train(
                 reporter.note(&format!("skipped {}: {}", bad.path.display(), bad.reason));
             }
             if !batch.is_empty() {
-                // Dropout's masks come from (seed, step, batch), so a resumed run draws the
-                // same masks as an uninterrupted one.
-                train_device.seed(derive(&[
-                    seed,
-                    run.state.step,
-                    u64::from(sum.batches()),
-                    0xd20b,
-                ]));
                 step_images += batch.len() as u64;
-                let (images, labels) = batch.into_device(&train_device);
-                let logits = if epoch < u64::from(config.training.freeze_epochs) {
-                    // Only the classifier learns: no gradient flows into the features.
-                    let features = run.model.forward_features(images).detach();
-                    run.model.classify(features)
-                } else {
-                    run.model.forward(images)
+                // Dropout's masks come from (seed, step, batch, device), so a resumed run
+                // draws the same masks as an uninterrupted one.
+                let (step, batch_index) = (run.state.step, u64::from(sum.batches()));
+                let seed_of = |device: usize| match device {
+                    0 => derive(&[seed, step, batch_index, 0xd20b]),
+                    d => derive(&[seed, step, batch_index, 0xd20b, d as u64]),
                 };
-                let loss = loss_fn.forward(logits.clone(), labels.clone());
-                let value = f64::from(loss.clone().into_scalar::<f32>());
+                let frozen = epoch < u64::from(config.training.freeze_epochs);
+                let shares = parallel
+                    .forward_backward(&run.model, batch, frozen, seed_of)
+                    .map_err(TrainError::Device)?;
+                let images: usize = shares.iter().map(|share| share.images).sum();
+                let mut value = 0.0;
+                let mut parts = Vec::with_capacity(shares.len());
+                let mut logits = Vec::with_capacity(shares.len());
+                let mut labels = Vec::with_capacity(shares.len());
+                for share in shares {
+                    let weight = share.images as f64 / images as f64;
+                    value += weight * share.loss;
+                    parts.push((share.grads, weight));
+                    logits.push(share.logits);
+                    labels.push(share.labels);
+                }
                 if !value.is_finite() {
                     let lr = config.schedule.lr(
                         run.state.samples_seen,
@@ -662,9 +689,10 @@ pub fn train(
                     });
                 }
                 step_loss += value;
-                run.state.running.add(value, logits.detach(), labels);
-                let grads = GradientsParams::from_grads(loss.backward(), &run.model);
-                sum.add(&run.model, grads);
+                run.state
+                    .running
+                    .add(value, Tensor::cat(logits, 0), Tensor::cat(labels, 0));
+                sum.add_shares(&run.model, parts);
             }
             let step_ready =
                 u64::from(sum.batches()) == accumulation || batch_in_epoch == batches_per_epoch;

@@ -78,12 +78,20 @@ fn run(
     device: &Device,
     options: &RunOptions,
 ) -> Result<xception_train::RunSummary, TrainError> {
+    run_on(config, std::slice::from_ref(device), options)
+}
+
+fn run_on(
+    config: &TrainConfig,
+    devices: &[Device],
+    options: &RunOptions,
+) -> Result<xception_train::RunSummary, TrainError> {
     let _turn = SERIAL
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     train(
         config,
-        device,
+        devices,
         options,
         &mut Silent,
         &AtomicBool::new(false),
@@ -141,13 +149,13 @@ fn assert_same_run(straight: &Path, resumed: &Path) {
     assert_eq!(state(&a), state(&b));
 }
 
-fn resume_matches_straight_run(device: Device) {
+fn resume_matches_straight_run(devices: &[Device], extra: &[&str]) {
     let root = tempfile::tempdir().expect("temp dir");
     let data = root.path().join("data");
-    let config = config(&data, &[]);
+    let config = config(&data, extra);
 
     let straight = root.path().join("straight");
-    let summary = run(&config, &device, &options(&straight, None, None)).expect("straight run");
+    let summary = run_on(&config, devices, &options(&straight, None, None)).expect("straight run");
     assert_eq!(summary.outcome, Outcome::Finished);
     assert_eq!(summary.steps, 10);
     assert!(straight.join("curves.png").is_file());
@@ -156,12 +164,12 @@ fn resume_matches_straight_run(device: Device) {
     // Interrupted mid-epoch (step 4 of 5 in epoch 1, between the step-3 checkpoint and the
     // epoch end), then resumed from the newest checkpoint.
     let resumed = root.path().join("resumed");
-    let first = run(&config, &device, &options(&resumed, None, Some(4))).expect("first part");
+    let first = run_on(&config, devices, &options(&resumed, None, Some(4))).expect("first part");
     assert_eq!(first.outcome, Outcome::Interrupted);
     assert_eq!(first.steps, 4);
-    let second = run(
+    let second = run_on(
         &config,
-        &device,
+        devices,
         &options(&resumed, Some(ResumeFrom::Auto), Some(7)),
     )
     .expect("second part");
@@ -169,9 +177,9 @@ fn resume_matches_straight_run(device: Device) {
     // And once more from an explicit directory, after a checkpoint at step 7 (epoch 2).
     let from = checkpoint::latest(&resumed.join("checkpoints")).expect("checkpoint");
     assert!(from.ends_with("step-000000007"), "{}", from.display());
-    let third = run(
+    let third = run_on(
         &config,
-        &device,
+        devices,
         &options(&resumed, Some(ResumeFrom::Dir(from)), None),
     )
     .expect("rest");
@@ -182,14 +190,24 @@ fn resume_matches_straight_run(device: Device) {
 
 #[test]
 fn resume_is_exact_on_flex() {
-    resume_matches_straight_run(Device::flex());
+    resume_matches_straight_run(&[Device::flex()], &[]);
+}
+
+/// Data-parallel on the two devices a CPU-only machine has (flex and ndarray, each with its
+/// own thread, replica and BatchNorm statistics), 2 images each: the same steps, checkpoints
+/// and exact resume as on one device.
+#[test]
+fn resume_is_exact_on_two_devices() {
+    #[allow(deprecated)] // ndarray is deprecated upstream; we keep it for our users
+    let devices = [Device::flex(), Device::ndarray()];
+    resume_matches_straight_run(&devices, &["data.batch_size=2"]);
 }
 
 #[test]
 fn resume_is_exact_on_ndarray() {
     #[allow(deprecated)] // ndarray is deprecated upstream; we keep it for our users
     let device = Device::ndarray();
-    resume_matches_straight_run(device);
+    resume_matches_straight_run(&[device], &[]);
 }
 
 #[test]

@@ -1,0 +1,277 @@
+//! Data-parallel training on several devices of one machine: each device takes its share of
+//! the batch, runs forward and backward on its own replica of the model, and the gradients
+//! are averaged (weighted by share) on the first device, where the optimizer steps.
+//!
+//! Built on Burn's own multi-device mechanisms, as `burn-train`'s multi-device learner is:
+//! replicas are `Module::fork`ed onto their device before each step (parameters broadcast
+//! from the first device), gradients come back with `GradientsParams::to_device`, and each
+//! replica runs on its own long-lived thread, because Burn's BatchNorm `RunningState` keeps
+//! one value per thread and averages them when next read. So BatchNorm batch statistics stay
+//! per device (no synchronised BatchNorm, as in PyTorch's DDP) and the running statistics
+//! are the mean over devices.
+//!
+//! Burn 0.22.1 also has a collective `all_reduce`, but only CUDA (and the remote backend)
+//! implement it: on wgpu and the CPU backends it panics. The gather to the first device
+//! used here works on every device, including mixed ones.
+
+use std::sync::Mutex;
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::thread::JoinHandle;
+
+use burn::module::Module;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, DeviceKind, Int, Tensor, TensorData};
+use xception_data::HostBatch;
+use xception_model::Xception;
+
+/// Burn's random generators are one per backend and process: dropout masks drawn on two
+/// devices of one backend at once would interleave. Seeding and the forward pass take
+/// turns under this lock (backward passes still overlap), so a run stays reproducible.
+static RANDOM: Mutex<()> = Mutex::new(());
+
+/// One device's share of a step, as the trainer needs it.
+pub struct ShareOutput {
+    /// Mean loss over the share's images.
+    pub loss: f64,
+    /// Images in the share.
+    pub images: usize,
+    /// The share's logits, detached, on the first device.
+    pub logits: Tensor<2>,
+    /// The share's labels, on the first device.
+    pub labels: Tensor<1, Int>,
+    /// Gradients of the share's mean loss, on the first device.
+    pub grads: GradientsParams,
+}
+
+/// What one device is asked to compute.
+struct Job {
+    model: Xception,
+    batch: HostBatch,
+    seed: u64,
+    frozen: bool,
+}
+
+/// A device other than the first, with its thread.
+struct Worker {
+    jobs: Option<Sender<Job>>,
+    results: Receiver<Result<ShareOutput, String>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+/// The devices of a data-parallel run; the first one holds the model and the optimizer.
+pub struct DataParallel {
+    devices: Vec<Device>,
+    workers: Vec<Worker>,
+}
+
+impl DataParallel {
+    /// Devices to train on (plain devices; autodiff is added). The first is the main one.
+    pub fn new(devices: &[Device]) -> Self {
+        let devices: Vec<Device> = devices.iter().map(|d| d.clone().autodiff()).collect();
+        let main = devices[0].clone();
+        let workers = devices[1..]
+            .iter()
+            .enumerate()
+            .map(|(index, device)| spawn_worker(index + 1, device.clone(), main.clone()))
+            .collect();
+        Self { devices, workers }
+    }
+
+    /// How many devices share each batch.
+    pub fn len(&self) -> usize {
+        self.devices.len()
+    }
+
+    /// Always false: there is at least the main device.
+    pub fn is_empty(&self) -> bool {
+        self.devices.is_empty()
+    }
+
+    /// The main device (with autodiff), where the model and the optimizer live.
+    pub fn main_device(&self) -> &Device {
+        &self.devices[0]
+    }
+
+    /// Runs forward and backward for `batch`, split into one contiguous share per device.
+    /// `seed_of(i)` seeds device `i`'s dropout. Returns the shares in device order (empty
+    /// shares left out). With one device the work stays on the calling thread.
+    pub fn forward_backward(
+        &self,
+        model: &Xception,
+        batch: HostBatch,
+        frozen: bool,
+        seed_of: impl Fn(usize) -> u64,
+    ) -> Result<Vec<ShareOutput>, String> {
+        let shares = batch.split(self.devices.len());
+        let mut shares = shares.into_iter();
+        let own = shares.next().unwrap_or_default();
+        let mut sent = Vec::new();
+        for (index, (worker, share)) in self.workers.iter().zip(shares).enumerate() {
+            if share.is_empty() {
+                continue;
+            }
+            let device = &self.devices[index + 1];
+            let job = Job {
+                model: model.clone().fork(device),
+                batch: share,
+                seed: seed_of(index + 1),
+                frozen,
+            };
+            let jobs = worker.jobs.as_ref().ok_or("a device's thread has ended")?;
+            jobs.send(job)
+                .map_err(|_| format!("device {} stopped", index + 1))?;
+            sent.push(index);
+        }
+        let mut outputs = Vec::with_capacity(self.devices.len());
+        let main = if own.is_empty() {
+            None
+        } else {
+            let device = &self.devices[0];
+            Some(compute_share(
+                model,
+                own,
+                seed_of(0),
+                frozen,
+                device,
+                device,
+                self.workers.is_empty(),
+            ))
+        };
+        // Every sent job is collected, even after a failure, so no worker is left mid-step.
+        let mut others = Vec::with_capacity(sent.len());
+        for index in sent {
+            let result = self.workers[index]
+                .results
+                .recv()
+                .map_err(|_| format!("device {} stopped", index + 1))
+                .and_then(|r| r);
+            others.push(result);
+        }
+        if let Some(main) = main {
+            outputs.push(main);
+        }
+        for result in others {
+            outputs.push(result?);
+        }
+        Ok(outputs)
+    }
+}
+
+impl Drop for DataParallel {
+    fn drop(&mut self) {
+        for worker in &mut self.workers {
+            worker.jobs.take();
+            if let Some(handle) = worker.handle.take() {
+                let _ = handle.join();
+            }
+        }
+    }
+}
+
+fn spawn_worker(index: usize, device: Device, main: Device) -> Worker {
+    let (jobs, inbox) = channel::<Job>();
+    let (outbox, results) = channel();
+    let handle = std::thread::Builder::new()
+        .name(format!("device-{index}"))
+        .spawn(move || {
+            for job in inbox {
+                let output = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    compute_share(
+                        &job.model, job.batch, job.seed, job.frozen, &device, &main, false,
+                    )
+                }))
+                .map_err(|panic| {
+                    let what = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_else(|| "a panic".into());
+                    format!("device {index} failed: {what}")
+                });
+                if outbox.send(output).is_err() {
+                    break;
+                }
+            }
+        })
+        .ok();
+    Worker {
+        jobs: Some(jobs),
+        results,
+        handle,
+    }
+}
+
+/// Forward and backward of one share on `device`; the results are moved to `main`.
+fn compute_share(
+    model: &Xception,
+    batch: HostBatch,
+    seed: u64,
+    frozen: bool,
+    device: &Device,
+    main: &Device,
+    alone: bool,
+) -> ShareOutput {
+    let images = batch.len();
+    // The labels reach the main device from the host: devices' integer types differ.
+    let host_labels = TensorData::new(batch.labels.clone(), [images]);
+    let (inputs, labels) = batch.into_device(device);
+    let loss_fn = CrossEntropyLossConfig::new().init(device);
+    let forward = || {
+        device.seed(seed);
+        let logits = if frozen {
+            // Only the classifier learns: no gradient flows into the features.
+            let features = model.forward_features(inputs).detach();
+            model.classify(features)
+        } else {
+            model.forward(inputs)
+        };
+        let loss = loss_fn.forward(logits.clone(), labels.clone());
+        // Reading the value waits for the forward pass, dropout's draws included.
+        let value = f64::from(loss.clone().into_scalar::<f32>());
+        (logits, loss, value)
+    };
+    let (logits, loss, value) = if alone {
+        forward()
+    } else {
+        let _turn = RANDOM
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        forward()
+    };
+    let grads = GradientsParams::from_grads(loss.backward(), model);
+    let (grads, logits, labels) = if device == main {
+        (grads, logits.detach(), labels)
+    } else {
+        (
+            grads.to_device(main, model),
+            logits.detach().to_device(main),
+            Tensor::from_data(host_labels, main),
+        )
+    };
+    ShareOutput {
+        loss: value,
+        images,
+        logits,
+        labels,
+        grads,
+    }
+}
+
+/// The Burn device a config or command line names (see [`crate::config::check_device_name`]).
+pub fn device_named(name: &str) -> Result<Device, String> {
+    crate::config::check_device_name(name)?;
+    Ok(match name {
+        "flex" => Device::flex(),
+        #[allow(deprecated)] // ndarray is deprecated upstream; our users asked to keep it
+        "ndarray" => Device::ndarray(),
+        "wgpu" => Device::wgpu(DeviceKind::DefaultDevice),
+        other => {
+            let index = other
+                .strip_prefix("wgpu:")
+                .and_then(|i| i.parse::<usize>().ok())
+                .unwrap_or_default();
+            Device::wgpu(DeviceKind::DiscreteGpu(index))
+        }
+    })
+}
