@@ -5,7 +5,7 @@ weight decay 1e-5, forward + backward + update), median of timed steps after war
 the process's peak resident memory.
 
     python scripts/bench_reference.py keras --batch 8 --size 299
-    python scripts/bench_reference.py torch --batch 8 --size 299 [--channels-last]
+    python scripts/bench_reference.py torch --batch 8 --size 299 [--channels-last] [--device cuda]
 
 Prints one JSON line. Run each framework in its own process (memory is per process).
 """
@@ -39,15 +39,15 @@ def keras_step(batch, size):
     return lambda: float(step().numpy()), f"keras {keras.__version__} / tensorflow {tf.__version__}"
 
 
-def torch_step(batch, size, channels_last):
+def torch_step(batch, size, channels_last, device):
     import timm
     import torch
 
-    model = timm.create_model("legacy_xception", num_classes=1000, drop_rate=0.5)
+    model = timm.create_model("legacy_xception", num_classes=1000, drop_rate=0.5).to(device)
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.045, momentum=0.9, weight_decay=1e-5)
-    x = torch.rand(batch, 3, size, size) * 2 - 1
-    y = torch.arange(batch) * 37 % 1000
+    x = (torch.rand(batch, 3, size, size) * 2 - 1).to(device)
+    y = (torch.arange(batch) * 37 % 1000).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.to(memory_format=torch.channels_last)
@@ -57,10 +57,14 @@ def torch_step(batch, size, channels_last):
         loss = torch.nn.functional.cross_entropy(model(x), y)
         loss.backward()
         optimizer.step()
-        return float(loss)
+        return float(loss)  # waits for the device
 
     layout = "channels_last" if channels_last else "NCHW"
-    return step, f"pytorch {torch.__version__} / timm {timm.__version__}, {layout}, {torch.get_num_threads()} threads"
+    if device == "cuda":
+        where = torch.cuda.get_device_name(0)
+    else:
+        where = f"{torch.get_num_threads()} threads"
+    return step, f"pytorch {torch.__version__} / timm {timm.__version__}, {layout}, {where}"
 
 
 def main():
@@ -71,11 +75,12 @@ def main():
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--device", default="cpu", help="torch only: cpu or cuda")
     args = parser.parse_args()
     if args.framework == "keras":
         step, name = keras_step(args.batch, args.size)
     else:
-        step, name = torch_step(args.batch, args.size, args.channels_last)
+        step, name = torch_step(args.batch, args.size, args.channels_last, args.device)
     for _ in range(args.warmup):
         step()
     seconds = []
@@ -83,14 +88,19 @@ def main():
         started = time.perf_counter()
         step()
         seconds.append(time.perf_counter() - started)
-    print(json.dumps({
+    result = {
         "framework": name,
         "batch": args.batch,
         "size": args.size,
         "images_per_second": args.batch / statistics.median(seconds),
         "seconds": seconds,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }))
+    }
+    if args.framework == "torch" and args.device == "cuda":
+        import torch
+
+        result["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":
