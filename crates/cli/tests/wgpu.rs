@@ -37,13 +37,24 @@ fn train_on_wgpu_stops_and_resumes() {
     let run = run_dir.display().to_string();
 
     let first = train_on_wgpu(&[
-        "train", &config, "--device", "wgpu", "--run-dir", &run, "--set", small,
-        "--stop-at-step", "2",
+        "train",
+        &config,
+        "--device",
+        "wgpu",
+        "--run-dir",
+        &run,
+        "--set",
+        small,
+        "--stop-at-step",
+        "2",
     ]);
     let (out, err) = (text(&first.stdout), text(&first.stderr));
     if !first.status.success() && no_adapter(&err) {
         let required = std::env::var("XCEPTION_REQUIRE_WGPU").is_ok_and(|v| v == "1");
-        assert!(!required, "XCEPTION_REQUIRE_WGPU=1 but wgpu has no adapter: {err}");
+        assert!(
+            !required,
+            "XCEPTION_REQUIRE_WGPU=1 but wgpu has no adapter: {err}"
+        );
         eprintln!("SKIPPED: wgpu found no adapter (no Vulkan driver): {err}");
         return;
     }
@@ -53,7 +64,15 @@ fn train_on_wgpu_stops_and_resumes() {
     assert!(checkpoint(&run_dir, 2));
 
     let rest = train_on_wgpu(&[
-        "train", &config, "--device", "wgpu", "--run-dir", &run, "--set", small, "--resume",
+        "train",
+        &config,
+        "--device",
+        "wgpu",
+        "--run-dir",
+        &run,
+        "--set",
+        small,
+        "--resume",
     ]);
     let (out, err) = (text(&rest.stdout), text(&rest.stderr));
     assert!(rest.status.success(), "{err}");
@@ -68,7 +87,10 @@ fn train_on_wgpu_stops_and_resumes() {
         .filter_map(|line| line.split(',').nth(5)?.parse().ok())
         .collect();
     assert_eq!(losses.len(), 3, "{csv}");
-    assert!(losses.iter().all(|loss| loss.is_finite() && *loss > 0.0), "{csv}");
+    assert!(
+        losses.iter().all(|loss| loss.is_finite() && *loss > 0.0),
+        "{csv}"
+    );
 }
 
 fn checkpoint(run_dir: &Path, step: u64) -> bool {

@@ -18,7 +18,11 @@ fn two_devices_with_b_images_each_update_like_one_device_with_2b() {
     let weights = initial_weights(3);
 
     let (x0, x1) = (pixels(1, 1), pixels(1, 2));
-    let twice: Vec<f32> = [&x0, &x1, &x0, &x1].into_iter().flatten().copied().collect();
+    let twice: Vec<f32> = [&x0, &x1, &x0, &x1]
+        .into_iter()
+        .flatten()
+        .copied()
+        .collect();
     let labels = vec![1, 3, 1, 3];
     let one = step(
         std::slice::from_ref(&flex),
@@ -35,21 +39,37 @@ fn two_devices_with_b_images_each_update_like_one_device_with_2b() {
         "one device (4 images) vs two (2 each): max relative difference {difference:.2e} at {path}"
     );
     assert!(difference < 1e-4, "{path} differs by {difference:.2e}");
-    assert!((one.loss - two.loss).abs() < 1e-5, "{} vs {}", one.loss, two.loss);
+    assert!(
+        (one.loss - two.loss).abs() < 1e-5,
+        "{} vs {}",
+        one.loss,
+        two.loss
+    );
 
     // The weights did move (lr 1), and different images on the two devices give another
     // update (per-device BatchNorm statistics): the comparison above can fail.
     let start = Weights(weights.clone());
     assert!(one.weights.max_relative_difference(&start).0 > 1e-2);
     let (x2, x3) = (pixels(1, 3), pixels(1, 4));
-    let distinct: Vec<f32> = [&x0, &x1, &x2, &x3].into_iter().flatten().copied().collect();
+    let distinct: Vec<f32> = [&x0, &x1, &x2, &x3]
+        .into_iter()
+        .flatten()
+        .copied()
+        .collect();
     let one = step(
         std::slice::from_ref(&flex),
         &weights,
         batch(distinct.clone(), vec![1, 3, 0, 2]),
     );
-    let two = step(&[flex, ndarray], &weights, batch(distinct, vec![1, 3, 0, 2]));
+    let two = step(
+        &[flex, ndarray],
+        &weights,
+        batch(distinct, vec![1, 3, 0, 2]),
+    );
     let (difference, path) = one.weights.max_relative_difference(&two.weights);
     println!("distinct images: max relative difference {difference:.2e} at {path}");
-    assert!(difference > 1e-3, "per-device statistics should show at {path}");
+    assert!(
+        difference > 1e-3,
+        "per-device statistics should show at {path}"
+    );
 }
