@@ -13,9 +13,21 @@ use std::process::Output;
 mod common;
 use common::{text, tiny_config};
 
-fn train_on_wgpu(args: &[&str]) -> Output {
+/// `xception train CONFIG --device wgpu --run-dir RUN --set SMALL` plus `extra`.
+fn train_on_wgpu(config: &str, run: &str, small: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "train",
+        config,
+        "--device",
+        "wgpu",
+        "--run-dir",
+        run,
+        "--set",
+        small,
+    ];
+    args.extend_from_slice(extra);
     std::process::Command::new(env!("CARGO_BIN_EXE_xception"))
-        .args(args)
+        .args(&args)
         .env("CUBECL_AUTOTUNE_LEVEL", "minimal")
         .output()
         .expect("runs xception")
@@ -36,18 +48,7 @@ fn train_on_wgpu_stops_and_resumes() {
     let run_dir = dir.path().join("run");
     let run = run_dir.display().to_string();
 
-    let first = train_on_wgpu(&[
-        "train",
-        &config,
-        "--device",
-        "wgpu",
-        "--run-dir",
-        &run,
-        "--set",
-        small,
-        "--stop-at-step",
-        "2",
-    ]);
+    let first = train_on_wgpu(&config, &run, small, &["--stop-at-step", "2"]);
     let (out, err) = (text(&first.stdout), text(&first.stderr));
     if !first.status.success() && no_adapter(&err) {
         let required = std::env::var("XCEPTION_REQUIRE_WGPU").is_ok_and(|v| v == "1");
@@ -63,17 +64,7 @@ fn train_on_wgpu_stops_and_resumes() {
     assert!(out.contains("stopped after step 2"), "{out}");
     assert!(checkpoint(&run_dir, 2));
 
-    let rest = train_on_wgpu(&[
-        "train",
-        &config,
-        "--device",
-        "wgpu",
-        "--run-dir",
-        &run,
-        "--set",
-        small,
-        "--resume",
-    ]);
+    let rest = train_on_wgpu(&config, &run, small, &["--resume"]);
     let (out, err) = (text(&rest.stdout), text(&rest.stderr));
     assert!(rest.status.success(), "{err}");
     assert!(err.contains("resuming from"), "{err}");

@@ -67,7 +67,14 @@ pub struct DataParallel {
 
 impl DataParallel {
     /// Devices to train on (plain devices; autodiff is added). The first is the main one.
+    ///
+    /// # Panics
+    /// When `devices` is empty.
     pub fn new(devices: &[Device]) -> Self {
+        assert!(
+            !devices.is_empty(),
+            "DataParallel needs at least one device"
+        );
         let devices: Vec<Device> = devices.iter().map(|d| d.clone().autodiff()).collect();
         let main = devices[0].clone();
         let workers = devices[1..]
