@@ -3,9 +3,9 @@
 //! The config schema ([`config`]), learning-rate schedules ([`schedule`]), the paper's SGD and
 //! RMSprop ([`optim`]), Polyak averaging ([`ema`]), metrics ([`metrics`], [`record`],
 //! [`plot`]), checkpoints ([`checkpoint`]) and the loop that ties them together with exact
-//! resume ([`trainer`]), on one device or several ([`parallel`]). What the loop reports while it runs goes through [`report`];
-//! weights files (checkpoints, exports, timm and Keras imports) are read and written by
-//! [`weights`].
+//! resume ([`trainer`]), on one device or several ([`parallel`]). What the loop reports
+//! while it runs goes through [`report`]; weights files (checkpoints, exports, timm and Keras
+//! imports) are read and written by [`weights`].
 
 pub mod checkpoint;
 pub mod config;

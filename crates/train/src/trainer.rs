@@ -413,7 +413,7 @@ impl Run<'_> {
 }
 
 /// Trains `config` on `devices` (plain devices; autodiff is added here): one device, or
-/// several sharing each batch ([`DataParallel`](crate::parallel::DataParallel)), the first holding the model, the
+/// several sharing each batch ([`DataParallel`]), the first holding the model, the
 /// optimizer and evaluation. `stop` is polled after every optimizer step: when set, a
 /// checkpoint is written and the run returns [`Outcome::Interrupted`].
 pub fn train(
