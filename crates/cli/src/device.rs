@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use burn::tensor::{Device, DeviceKind};
+use burn::tensor::Device;
 use clap::ValueEnum;
 
 /// A compute device the user can name on the command line.
@@ -18,14 +18,10 @@ pub enum DeviceChoice {
 }
 
 impl DeviceChoice {
-    /// The Burn device this choice names.
+    /// The Burn device this choice names (the same mapping as a config's device names).
     pub fn device(self) -> Device {
-        match self {
-            Self::Flex => Device::flex(),
-            #[allow(deprecated)] // ndarray is deprecated upstream; our users asked to keep it
-            Self::Ndarray => Device::ndarray(),
-            Self::Wgpu => Device::wgpu(DeviceKind::DefaultDevice),
-        }
+        xception_train::parallel::device_named(&self.to_string())
+            .expect("every --device choice is a valid device name")
     }
 }
 

@@ -10,11 +10,26 @@ use burn::tensor::Device;
 mod common;
 use common::{Weights, batch, initial_weights, pixels, step};
 
-#[test]
-fn two_devices_with_b_images_each_update_like_one_device_with_2b() {
+/// The weights after one step on flex alone and on flex + ndarray (half the batch each).
+fn one_and_two_devices(
+    weights: &std::collections::BTreeMap<String, burn::tensor::TensorData>,
+    images: Vec<f32>,
+    labels: Vec<i64>,
+) -> (common::StepResult, common::StepResult) {
     let flex = Device::flex();
     #[allow(deprecated)] // ndarray is deprecated upstream; we keep it for our users
     let ndarray = Device::ndarray();
+    let one = step(
+        std::slice::from_ref(&flex),
+        weights,
+        batch(images.clone(), labels.clone()),
+    );
+    let two = step(&[flex, ndarray], weights, batch(images, labels));
+    (one, two)
+}
+
+#[test]
+fn two_devices_with_b_images_each_update_like_one_device_with_2b() {
     let weights = initial_weights(3);
 
     let (x0, x1) = (pixels(1, 1), pixels(1, 2));
@@ -23,17 +38,7 @@ fn two_devices_with_b_images_each_update_like_one_device_with_2b() {
         .flatten()
         .copied()
         .collect();
-    let labels = vec![1, 3, 1, 3];
-    let one = step(
-        std::slice::from_ref(&flex),
-        &weights,
-        batch(twice.clone(), labels.clone()),
-    );
-    let two = step(
-        &[flex.clone(), ndarray.clone()],
-        &weights,
-        batch(twice, labels),
-    );
+    let (one, two) = one_and_two_devices(&weights, twice, vec![1, 3, 1, 3]);
     let (difference, path) = one.weights.max_relative_difference(&two.weights);
     println!(
         "one device (4 images) vs two (2 each): max relative difference {difference:.2e} at {path}"
@@ -56,16 +61,7 @@ fn two_devices_with_b_images_each_update_like_one_device_with_2b() {
         .flatten()
         .copied()
         .collect();
-    let one = step(
-        std::slice::from_ref(&flex),
-        &weights,
-        batch(distinct.clone(), vec![1, 3, 0, 2]),
-    );
-    let two = step(
-        &[flex, ndarray],
-        &weights,
-        batch(distinct, vec![1, 3, 0, 2]),
-    );
+    let (one, two) = one_and_two_devices(&weights, distinct, vec![1, 3, 0, 2]);
     let (difference, path) = one.weights.max_relative_difference(&two.weights);
     println!("distinct images: max relative difference {difference:.2e} at {path}");
     assert!(
