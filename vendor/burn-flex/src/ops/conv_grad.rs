@@ -1,5 +1,5 @@
-//! Direct gradients of the depthwise and pointwise (1x1) 2D convolutions (xception-burn's
-//! patch, see `PATCHES.md` at the crate root).
+//! Direct gradients of the depthwise and pointwise (1x1) 2D convolutions, and the strided
+//! 1x1 convolution's forward (xception-burn's patch, see `PATCHES.md` at the crate root).
 //!
 //! Burn's default `conv2d_weight_backward` computes a grouped convolution's weight gradient
 //! with one convolution per group (one per channel for a depthwise convolution) and its
@@ -10,8 +10,10 @@
 //!   dilation 1), f32: both gradients walk NCHW planes directly, the input gradient in
 //!   parallel over (batch, channel) planes, the weight gradient over channels, with the
 //!   per-row dot products in 8 lanes (vectorised) and the sums over rows in f64;
-//! - pointwise (1x1, stride 1, no padding, one group), any float type: both gradients as
-//!   batched matrix products (`dW = sum_n G_n X_n^T`, `dX_n = W^T G_n`).
+//! - pointwise (1x1, one group, no padding), f32: both gradients as gemm products read in
+//!   place (`dW = sum_n G_n X_n^T`, summed per thread; `dX_n = W^T G_n`), strided ones
+//!   (Xception's residual 1x1s) on the input's subsampled positions; other float types,
+//!   stride 1 only, through flex's matmul.
 //!
 //! Anything else returns `None` and takes Burn's default path.
 
@@ -33,16 +35,6 @@ fn is_depthwise(x_shape: &Shape, w_shape: &Shape, options: &ConvOptions<2>) -> b
         && w_shape[0] == channels
         && w_shape[1] == 1
         && options.dilation == [1, 1]
-}
-
-/// Whether the convolution is a plain 1x1 one (one group, stride 1, no padding).
-fn is_pointwise(w_shape: &Shape, options: &ConvOptions<2>) -> bool {
-    w_shape[2] == 1
-        && w_shape[3] == 1
-        && options.groups == 1
-        && options.stride == [1, 1]
-        && options.dilation == [1, 1]
-        && options.padding == [(0, 0), (0, 0)]
 }
 
 /// Output positions `o` (a range) whose input position `o * stride + k - pad` lies in
@@ -306,7 +298,179 @@ fn for_each_plane(out: &mut [f32], chunk_len: usize, work: impl Fn(usize, &mut [
     }
 }
 
-/// The input gradient of a 1x1 convolution, `dX_n = W^T G_n`, or `None` when it is not one.
+/// `dst (+)= lhs * rhs` for f32 matrices given by their first element and (row, column)
+/// strides; `accumulate` adds to what `dst` holds instead of overwriting it.
+///
+/// # Safety
+/// Every element the strides reach must lie inside the slices.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_f32(
+    [m, n, k]: [usize; 3],
+    dst: &mut [f32],
+    dst_row_stride: usize,
+    accumulate: bool,
+    (lhs, lhs_row_stride, lhs_col_stride): (&[f32], usize, usize),
+    (rhs, rhs_row_stride, rhs_col_stride): (&[f32], usize, usize),
+    parallel: bool,
+) {
+    #[cfg(feature = "rayon")]
+    let parallelism = if parallel {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    #[cfg(not(feature = "rayon"))]
+    let parallelism = {
+        let _ = parallel;
+        gemm::Parallelism::None
+    };
+    // SAFETY: the caller guarantees the strides stay inside the slices.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_row_stride as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_col_stride as isize,
+            lhs_row_stride as isize,
+            rhs.as_ptr(),
+            rhs_col_stride as isize,
+            rhs_row_stride as isize,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// Whether a product of this size is worth splitting over threads (flex's own threshold).
+fn worth_parallel(m: usize, n: usize, k: usize) -> bool {
+    m.saturating_mul(n).saturating_mul(k) >= 192 * 192 * 192
+}
+
+fn threads() -> usize {
+    #[cfg(feature = "rayon")]
+    {
+        rayon::current_num_threads().max(1)
+    }
+    #[cfg(not(feature = "rayon"))]
+    {
+        1
+    }
+}
+
+/// A 1x1 convolution's geometry: `[batch, c_in, c_out]`, input `[h, w]`, output
+/// `[out_h, out_w]` and strides, or `None` when it is not a 1x1 convolution with one group
+/// and no padding.
+struct Pointwise {
+    batch: usize,
+    c_in: usize,
+    c_out: usize,
+    in_hw: [usize; 2],
+    out_hw: [usize; 2],
+    stride: [usize; 2],
+}
+
+impl Pointwise {
+    fn new(x_shape: &Shape, w_shape: &Shape, grad_shape: &Shape, options: &ConvOptions<2>) -> Option<Self> {
+        let pointwise = w_shape[2] == 1
+            && w_shape[3] == 1
+            && options.groups == 1
+            && options.padding == [(0, 0), (0, 0)]
+            && options.stride.iter().all(|&s| s > 0);
+        let geometry = Self {
+            batch: x_shape[0],
+            c_in: x_shape[1],
+            c_out: w_shape[0],
+            in_hw: [x_shape[2], x_shape[3]],
+            out_hw: [grad_shape[2], grad_shape[3]],
+            stride: options.stride,
+        };
+        let expected = [0, 1].map(|d| geometry.in_hw[d].saturating_sub(1) / geometry.stride[d] + 1);
+        (pointwise && geometry.out_hw == expected && geometry.in_hw[0] * geometry.in_hw[1] > 0).then_some(geometry)
+    }
+
+    fn strided(&self) -> bool {
+        self.stride != [1, 1]
+    }
+
+    fn out_plane(&self) -> usize {
+        self.out_hw[0] * self.out_hw[1]
+    }
+
+    /// The input at the positions the strides visit, `[batch, c_in, out_h, out_w]`.
+    fn subsample(&self, x: &[f32]) -> Vec<f32> {
+        let ([in_h, in_w], [out_h, out_w], [stride_h, stride_w]) = (self.in_hw, self.out_hw, self.stride);
+        let mut out = vec![0.0f32; self.batch * self.c_in * out_h * out_w];
+        for_each_plane(&mut out, out_h * out_w, |plane, dst| {
+            let src = &x[plane * in_h * in_w..(plane + 1) * in_h * in_w];
+            for (oh, dst_row) in dst.chunks_mut(out_w).enumerate() {
+                let src_row = &src[oh * stride_h * in_w..];
+                for (ow, value) in dst_row.iter_mut().enumerate() {
+                    *value = src_row[ow * stride_w];
+                }
+            }
+        });
+        out
+    }
+
+    /// The reverse of [Self::subsample]: `sub` spread over a zero input-sized buffer.
+    fn spread(&self, sub: &[f32]) -> Vec<f32> {
+        let ([in_h, in_w], [_, out_w], [stride_h, stride_w]) = (self.in_hw, self.out_hw, self.stride);
+        let out_plane = self.out_plane();
+        let mut out = vec![0.0f32; self.batch * self.c_in * in_h * in_w];
+        for_each_plane(&mut out, in_h * in_w, |plane, dst| {
+            let src = &sub[plane * out_plane..(plane + 1) * out_plane];
+            for (oh, src_row) in src.chunks(out_w).enumerate() {
+                let dst_row = &mut dst[oh * stride_h * in_w..];
+                for (ow, &value) in src_row.iter().enumerate() {
+                    dst_row[ow * stride_w] = value;
+                }
+            }
+        });
+        out
+    }
+}
+
+/// A strided 1x1 convolution (one group, no padding, f32) as the plain 1x1 convolution of
+/// the input's subsampled positions, which flex computes as one product per image; `None`
+/// for anything else. (Flex's own path for it builds im2col columns.)
+pub fn strided_pointwise_forward(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    bias: &Option<FlexTensor>,
+    options: &ConvOptions<2>,
+) -> Option<FlexTensor> {
+    let (x_shape, w_shape) = (x.layout().shape().clone(), weight.layout().shape().clone());
+    let all_f32 = [Some(x), Some(weight), bias.as_ref()]
+        .iter()
+        .flatten()
+        .all(|tensor| tensor.dtype() == DType::F32);
+    if !all_f32 || x_shape.num_dims() != 4 || w_shape.num_dims() != 4 || options.stride == [1, 1] {
+        return None;
+    }
+    let out_hw = [0, 1].map(|d| x_shape[d + 2].saturating_sub(1) / options.stride[d].max(1) + 1);
+    let out_shape = Shape::from(vec![x_shape[0], w_shape[0], out_hw[0], out_hw[1]]);
+    let geometry = Pointwise::new(&x_shape, &w_shape, &out_shape, options)?;
+    if !geometry.strided() || w_shape[1] != x_shape[1] {
+        return None;
+    }
+    let sub = geometry.subsample(x.to_contiguous().storage());
+    let sub_shape = Shape::from(vec![x_shape[0], x_shape[1], out_hw[0], out_hw[1]]);
+    let sub = FlexTensor::new(Bytes::from_elems(sub), Layout::contiguous(sub_shape), DType::F32);
+    let plain = ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
+    Some(Flex::conv2d(sub, weight.clone(), bias.clone(), plain))
+}
+
+/// The input gradient of a 1x1 convolution, `dX_n = W^T G_n` (spread over the strided
+/// positions), or `None` when it is not one.
 pub fn pointwise_x_backward(
     x_shape: &Shape,
     weight: &FlexTensor,
@@ -314,48 +478,132 @@ pub fn pointwise_x_backward(
     options: &ConvOptions<2>,
 ) -> Option<FlexTensor> {
     let w_shape = weight.layout().shape().clone();
-    if !is_pointwise(&w_shape, options) {
-        return None;
+    let geometry = Pointwise::new(x_shape, &w_shape, output_grad.layout().shape(), options)?;
+    if weight.dtype() != DType::F32 || output_grad.dtype() != DType::F32 {
+        if geometry.strided() {
+            return None;
+        }
+        // Other float types: the same product through flex's matmul.
+        let [n, c_in, h, w] = [x_shape[0], x_shape[1], x_shape[2], x_shape[3]];
+        let c_out = w_shape[0];
+        let weight_t = Flex::float_reshape(weight.clone(), Shape::from(vec![1, c_out, c_in]));
+        let weight_t = Flex::float_swap_dims(weight_t, 1, 2);
+        let grad = Flex::float_reshape(output_grad.clone(), Shape::from(vec![n, c_out, h * w]));
+        let dx = Flex::float_matmul(weight_t, grad);
+        return Some(Flex::float_reshape(dx, x_shape.clone()));
     }
-    let [n, c_in, h, w] = [x_shape[0], x_shape[1], x_shape[2], x_shape[3]];
-    let c_out = w_shape[0];
-    let weight_t = Flex::float_reshape(weight.clone(), Shape::from(vec![1, c_out, c_in]));
-    let weight_t = Flex::float_swap_dims(weight_t, 1, 2);
-    let grad = Flex::float_reshape(output_grad.clone(), Shape::from(vec![n, c_out, h * w]));
-    let dx = Flex::float_matmul(weight_t, grad);
-    Some(Flex::float_reshape(dx, x_shape.clone()))
+    let (weight, grad) = (weight.to_contiguous(), output_grad.to_contiguous());
+    let (w_data, g_data): (&[f32], &[f32]) = (weight.storage(), grad.storage());
+    let Pointwise { c_in, c_out, .. } = geometry;
+    let out_plane = geometry.out_plane();
+    let mut dx = vec![0.0f32; geometry.batch * c_in * out_plane];
+    let parallel = worth_parallel(c_in, out_plane, c_out);
+    for_each_plane(&mut dx, c_in * out_plane, |n, dx_n| {
+        let g_n = &g_data[n * c_out * out_plane..(n + 1) * c_out * out_plane];
+        // SAFETY: W^T is [c_in, c_out] with strides (1, c_in) over W's c_out * c_in values;
+        // G_n is [c_out, out_plane] row-major; dX_n is [c_in, out_plane] row-major.
+        unsafe {
+            gemm_f32(
+                [c_in, out_plane, c_out],
+                dx_n,
+                out_plane,
+                false,
+                (w_data, 1, c_in),
+                (g_n, out_plane, 1),
+                parallel,
+            );
+        }
+    });
+    if geometry.strided() {
+        dx = geometry.spread(&dx);
+    }
+    Some(FlexTensor::new(
+        Bytes::from_elems(dx),
+        Layout::contiguous(x_shape.clone()),
+        DType::F32,
+    ))
 }
 
-/// The weight gradient of a 1x1 convolution, `dW = sum_n G_n X_n^T`, or `None` when it is
-/// not one.
+/// The weight gradient of a 1x1 convolution, `dW = sum_n G_n X_n^T` (`X_n` at the strided
+/// positions), or `None` when it is not one.
 pub fn pointwise_weight_backward(
     x: &FlexTensor,
     w_shape: &Shape,
     output_grad: &FlexTensor,
     options: &ConvOptions<2>,
 ) -> Option<FlexTensor> {
-    if !is_pointwise(w_shape, options) {
-        return None;
-    }
     let x_shape = x.layout().shape().clone();
-    let [n, c_in, h, w] = [x_shape[0], x_shape[1], x_shape[2], x_shape[3]];
-    let c_out = w_shape[0];
-    // [C_out, N*HW] x [N*HW, C_in]: one product with the batch summed inside it. (A batched
-    // product over a transposed view, then a sum over N, measured slower: more memory.)
-    let grad = Flex::float_swap_dims(
-        Flex::float_reshape(output_grad.clone(), Shape::from(vec![n, c_out, h * w])),
-        0,
-        1,
-    );
-    let grad = Flex::float_reshape(grad, Shape::from(vec![c_out, n * h * w]));
-    let xs = Flex::float_swap_dims(
-        Flex::float_reshape(x.clone(), Shape::from(vec![n, c_in, h * w])),
-        0,
-        1,
-    );
-    let xs = Flex::float_reshape(xs, Shape::from(vec![c_in, n * h * w]));
-    let dw = Flex::float_matmul(grad, Flex::float_swap_dims(xs, 0, 1));
-    Some(Flex::float_reshape(dw, w_shape.clone()))
+    let geometry = Pointwise::new(&x_shape, w_shape, output_grad.layout().shape(), options)?;
+    if x.dtype() != DType::F32 || output_grad.dtype() != DType::F32 {
+        if geometry.strided() {
+            return None;
+        }
+        // Other float types: [C_out, N*HW] x [N*HW, C_in] through flex's matmul.
+        let [n, c_in, h, w] = [x_shape[0], x_shape[1], x_shape[2], x_shape[3]];
+        let c_out = w_shape[0];
+        let grad = Flex::float_swap_dims(
+            Flex::float_reshape(output_grad.clone(), Shape::from(vec![n, c_out, h * w])),
+            0,
+            1,
+        );
+        let grad = Flex::float_reshape(grad, Shape::from(vec![c_out, n * h * w]));
+        let xs = Flex::float_swap_dims(
+            Flex::float_reshape(x.clone(), Shape::from(vec![n, c_in, h * w])),
+            0,
+            1,
+        );
+        let xs = Flex::float_reshape(xs, Shape::from(vec![c_in, n * h * w]));
+        let dw = Flex::float_matmul(grad, Flex::float_swap_dims(xs, 0, 1));
+        return Some(Flex::float_reshape(dw, w_shape.clone()));
+    }
+    let (x, grad) = (x.to_contiguous(), output_grad.to_contiguous());
+    let subsampled;
+    let x_data: &[f32] = if geometry.strided() {
+        subsampled = geometry.subsample(x.storage());
+        &subsampled
+    } else {
+        x.storage()
+    };
+    let g_data: &[f32] = grad.storage();
+    let Pointwise { batch, c_in, c_out, .. } = geometry;
+    let out_plane = geometry.out_plane();
+    // The batch in as many slices as threads, each summed into its own [c_out, c_in] (no
+    // transposed copies of X or G), then the slices' sums added. With fewer images than
+    // threads, each product is split over threads instead.
+    let slices = batch.min(threads()).max(1);
+    let per_slice = batch.div_ceil(slices);
+    let parallel = slices < threads() && worth_parallel(c_out, c_in, out_plane);
+    let mut partial = vec![0.0f32; slices * c_out * c_in];
+    for_each_plane(&mut partial, c_out * c_in, |slice, dw| {
+        for n in slice * per_slice..((slice + 1) * per_slice).min(batch) {
+            let g_n = &g_data[n * c_out * out_plane..(n + 1) * c_out * out_plane];
+            let x_n = &x_data[n * c_in * out_plane..(n + 1) * c_in * out_plane];
+            // SAFETY: G_n is [c_out, out_plane] row-major; X_n^T is [out_plane, c_in] with
+            // strides (1, out_plane) over X_n's c_in * out_plane values; dW is [c_out, c_in].
+            unsafe {
+                gemm_f32(
+                    [c_out, c_in, out_plane],
+                    dw,
+                    c_in,
+                    true,
+                    (g_n, out_plane, 1),
+                    (x_n, 1, out_plane),
+                    parallel,
+                );
+            }
+        }
+    });
+    let mut dw = partial[..c_out * c_in].to_vec();
+    for other in partial.chunks(c_out * c_in).skip(1) {
+        for (sum, value) in dw.iter_mut().zip(other) {
+            *sum += value;
+        }
+    }
+    Some(FlexTensor::new(
+        Bytes::from_elems(dw),
+        Layout::contiguous(w_shape.clone()),
+        DType::F32,
+    ))
 }
 
 // Burn 0.22.1's default `conv2d_x_backward` and `conv2d_weight_backward`

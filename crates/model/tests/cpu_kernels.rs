@@ -1,0 +1,218 @@
+//! The flex device's own CPU kernels (our patch of burn-flex, `vendor/burn-flex/PATCHES.md`)
+//! against Burn's reference backend, ndarray, which computes them the generic way: the
+//! depthwise and 1x1 convolutions (forward values, input and weight gradients) and batch
+//! normalisation (output, batch statistics, input/scale/shift gradients), on odd sizes,
+//! batch 1, channel counts off the SIMD width, strides 1 and 2 and TensorFlow's 'same'
+//! padding (asymmetric for stride 2 on even sizes).
+
+use burn::tensor::module::{batch_norm, batch_norm_train, conv2d};
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
+
+/// Forward output and the gradients of a weighted sum of it, as host data.
+fn run(
+    device: &Device,
+    x: &TensorData,
+    weight: &TensorData,
+    mix: &TensorData,
+    options: &ConvOptions<2>,
+) -> [Vec<f32>; 3] {
+    let device = device.clone().autodiff();
+    let x = Tensor::<4>::from_data(x.clone(), &device).require_grad();
+    let weight = Tensor::<4>::from_data(weight.clone(), &device).require_grad();
+    let y = conv2d(x.clone(), weight.clone(), None, options.clone());
+    let mix = Tensor::<4>::from_data(mix.clone(), &device);
+    let grads = (y.clone() * mix).sum().backward();
+    let values = |t: Tensor<4>| t.into_data().iter::<f32>().collect::<Vec<f32>>();
+    [
+        values(y.inner()),
+        values(x.grad(&grads).expect("input gradient")),
+        values(weight.grad(&grads).expect("weight gradient")),
+    ]
+}
+
+fn random<const D: usize>(shape: [usize; D], seed: u64) -> TensorData {
+    let device = Device::flex();
+    device.seed(seed);
+    Tensor::<D>::random(shape, Distribution::Uniform(-1.0, 1.0), &device).into_data()
+}
+
+/// Largest difference between `ours` and `theirs`, and the largest magnitude in `theirs`
+/// (at least 1).
+fn difference(ours: &[f32], theirs: &[f32]) -> (f32, f32) {
+    assert_eq!(ours.len(), theirs.len());
+    let scale = theirs.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+    let worst = ours
+        .iter()
+        .zip(theirs)
+        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    (worst, scale)
+}
+
+/// TensorFlow's 'same' padding for a 3x3 kernel: the extra row/column goes at the end.
+fn same_padding(size: usize, stride: usize) -> (usize, usize) {
+    let out = size.div_ceil(stride);
+    let total = ((out - 1) * stride + 3).saturating_sub(size);
+    (total / 2, total - total / 2)
+}
+
+fn check(
+    batch: usize,
+    c_in: usize,
+    c_out: usize,
+    groups: usize,
+    kernel: usize,
+    size: (usize, usize),
+    stride: usize,
+) {
+    let (h, w) = size;
+    let mut options = ConvOptions::new([stride, stride], [0, 0], [1, 1], groups);
+    if kernel == 3 {
+        options.padding = [same_padding(h, stride), same_padding(w, stride)];
+    }
+    let x = random([batch, c_in, h, w], 1);
+    let weight = random([c_out, c_in / groups, kernel, kernel], 2);
+    let out_h = (h + options.padding[0].0 + options.padding[0].1 - kernel) / stride + 1;
+    let out_w = (w + options.padding[1].0 + options.padding[1].1 - kernel) / stride + 1;
+    let mix = random([batch, c_out, out_h, out_w], 3);
+    let flex = run(&Device::flex(), &x, &weight, &mix, &options);
+    #[allow(deprecated)] // ndarray is deprecated upstream; here it is the reference
+    let reference = run(&Device::ndarray(), &x, &weight, &mix, &options);
+    for (what, (ours, theirs)) in ["output", "input gradient", "weight gradient"]
+        .iter()
+        .zip(flex.iter().zip(&reference))
+    {
+        let (worst, scale) = difference(ours, theirs);
+        assert!(
+            worst <= 1e-5 * scale,
+            "{what} of batch {batch}, {c_in}->{c_out} channels, groups {groups}, \
+             {kernel}x{kernel}, {h}x{w}, stride {stride}: off by {worst:e} (scale {scale})"
+        );
+    }
+}
+
+#[test]
+fn depthwise_gradients_match_the_reference() {
+    for (batch, channels, size, stride) in [
+        (1, 3, (5, 5), 1),
+        (2, 13, (9, 7), 1),
+        (1, 33, (19, 19), 1),
+        (3, 17, (10, 10), 2),
+        (2, 19, (11, 8), 2),
+        (2, 8, (1, 1), 1),
+    ] {
+        check(batch, channels, channels, channels, 3, size, stride);
+    }
+}
+
+#[test]
+fn pointwise_gradients_match_the_reference() {
+    // Batch 5 splits unevenly over threads in the weight gradient's per-thread sums.
+    for (batch, c_in, c_out, size) in [
+        (1, 3, 5, (1, 1)),
+        (2, 13, 7, (9, 7)),
+        (3, 17, 33, (19, 19)),
+        (5, 16, 9, (4, 6)),
+    ] {
+        check(batch, c_in, c_out, 1, 1, size, 1);
+    }
+}
+
+#[test]
+fn strided_pointwise_convolutions_match_the_reference() {
+    // Xception's residual 1x1 convolutions: stride 2, odd and even sizes.
+    for (batch, c_in, c_out, size) in [
+        (2, 6, 10, (9, 9)),
+        (1, 3, 17, (8, 11)),
+        (3, 19, 7, (1, 2)),
+        (5, 8, 8, (10, 10)),
+    ] {
+        check(batch, c_in, c_out, 1, 1, size, 2);
+    }
+}
+
+#[test]
+fn other_convolutions_keep_burns_gradients() {
+    // A dense 3x3 and a grouped (not depthwise) 3x3.
+    check(2, 6, 4, 1, 3, (7, 7), 1);
+    check(2, 6, 4, 2, 3, (8, 8), 2);
+}
+
+/// Batch normalisation with the batch's statistics: output, mean, variance, and the
+/// gradients of a weighted sum of the output with respect to input, scale and shift; then
+/// the same input normalised with given statistics (inference).
+fn run_batch_norm<const D: usize>(
+    device: &Device,
+    x: &TensorData,
+    [gamma, beta, mix]: [&TensorData; 3],
+) -> [Vec<f32>; 7] {
+    let device = device.clone().autodiff();
+    let x = Tensor::<D>::from_data(x.clone(), &device).require_grad();
+    let gamma = Tensor::<1>::from_data(gamma.clone(), &device).require_grad();
+    let beta = Tensor::<1>::from_data(beta.clone(), &device).require_grad();
+    let result = batch_norm_train(x.clone(), gamma.clone(), beta.clone(), 1e-3);
+    let mix = Tensor::<D>::from_data(mix.clone(), &device);
+    let grads = (result.output.clone() * mix).sum().backward();
+    let inference = batch_norm(
+        x.clone().inner(),
+        gamma.clone().inner(),
+        beta.clone().inner(),
+        result.mean.clone().inner() * 0.5,
+        result.variance.clone().inner() + 0.25,
+        1e-3,
+    );
+    let values = |data: TensorData| data.iter::<f32>().collect::<Vec<f32>>();
+    [
+        values(result.output.inner().into_data()),
+        values(result.mean.inner().into_data()),
+        values(result.variance.inner().into_data()),
+        values(x.grad(&grads).expect("input gradient").into_data()),
+        values(gamma.grad(&grads).expect("scale gradient").into_data()),
+        values(beta.grad(&grads).expect("shift gradient").into_data()),
+        values(inference.into_data()),
+    ]
+}
+
+fn check_batch_norm<const D: usize>(shape: [usize; D], offset: f32) {
+    let channels = shape[1];
+    // An offset makes the mean large against the spread: centring must not cancel it away.
+    let x = {
+        let values: Vec<f32> = random(shape, 4)
+            .iter::<f32>()
+            .map(|v| v * 3.0 + offset)
+            .collect();
+        TensorData::new(values, shape)
+    };
+    let (gamma, beta) = (random([channels], 5), random([channels], 6));
+    let mix = random(shape, 7);
+    let parameters = [&gamma, &beta, &mix];
+    let flex = run_batch_norm::<D>(&Device::flex(), &x, parameters);
+    #[allow(deprecated)] // ndarray is deprecated upstream; here it is the reference
+    let reference = run_batch_norm::<D>(&Device::ndarray(), &x, parameters);
+    let names = [
+        "output",
+        "mean",
+        "variance",
+        "input gradient",
+        "scale gradient",
+        "shift gradient",
+        "inference output",
+    ];
+    for (what, (ours, theirs)) in names.iter().zip(flex.iter().zip(&reference)) {
+        let (worst, scale) = difference(ours, theirs);
+        assert!(
+            worst <= 2e-5 * scale,
+            "batch norm {what} of {shape:?} with offset {offset}: off by {worst:e} (scale {scale})"
+        );
+    }
+}
+
+#[test]
+fn batch_norm_matches_the_reference() {
+    check_batch_norm([1, 3, 5, 5], 0.0);
+    check_batch_norm([2, 17, 7, 9], 0.5);
+    check_batch_norm([3, 33, 1, 1], -2.0);
+    check_batch_norm([2, 5, 19, 19], 20.0);
+    check_batch_norm([4, 19], 1.0);
+    check_batch_norm([2, 3, 4, 5, 6], 0.0);
+}
