@@ -1,10 +1,13 @@
 //! The flex device's own CPU kernels (our patch of burn-flex, `vendor/burn-flex/PATCHES.md`)
 //! against Burn's reference backend, ndarray, which computes them the generic way: the
-//! depthwise and 1x1 convolutions (forward values, input and weight gradients) and batch
-//! normalisation (output, batch statistics, input/scale/shift gradients), on odd sizes,
+//! depthwise and 1x1 convolutions (forward values, input and weight gradients), batch
+//! normalisation (output, batch statistics, input/scale/shift gradients) and max-pooling
+//! (values, gradients, ties), on odd sizes,
 //! batch 1, channel counts off the SIMD width, strides 1 and 2 and TensorFlow's 'same'
 //! padding (asymmetric for stride 2 on even sizes).
 
+use burn::nn::PaddingConfig2d;
+use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::tensor::module::{batch_norm, batch_norm_train, conv2d};
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
@@ -70,6 +73,17 @@ fn check(
     if kernel == 3 {
         options.padding = [same_padding(h, stride), same_padding(w, stride)];
     }
+    check_options(batch, (c_in, c_out), kernel, size, options);
+}
+
+fn check_options(
+    batch: usize,
+    (c_in, c_out): (usize, usize),
+    kernel: usize,
+    (h, w): (usize, usize),
+    options: ConvOptions<2>,
+) {
+    let (groups, stride) = (options.groups, options.stride[0]);
     let x = random([batch, c_in, h, w], 1);
     let weight = random([c_out, c_in / groups, kernel, kernel], 2);
     let out_h = (h + options.padding[0].0 + options.padding[0].1 - kernel) / stride + 1;
@@ -86,7 +100,9 @@ fn check(
         assert!(
             worst <= 1e-5 * scale,
             "{what} of batch {batch}, {c_in}->{c_out} channels, groups {groups}, \
-             {kernel}x{kernel}, {h}x{w}, stride {stride}: off by {worst:e} (scale {scale})"
+             {kernel}x{kernel}, {h}x{w}, stride {stride}, padding {:?}: off by {worst:e} \
+             (scale {scale})",
+            options.padding
         );
     }
 }
@@ -102,6 +118,22 @@ fn depthwise_gradients_match_the_reference() {
         (2, 8, (1, 1), 1),
     ] {
         check(batch, channels, channels, channels, 3, size, stride);
+    }
+}
+
+#[test]
+fn depthwise_kernels_and_paddings_beyond_xceptions_match_the_reference() {
+    // Stride 1 with no padding, one-sided padding, a 5x5 kernel, a 2x2 kernel, a 1x1 map.
+    for (batch, channels, kernel, size, padding) in [
+        (2, 5, 3, (6, 9), [(0, 0), (0, 0)]),
+        (1, 7, 3, (8, 5), [(0, 2), (2, 1)]),
+        (2, 18, 5, (11, 12), [(2, 2), (2, 2)]),
+        (3, 4, 2, (7, 7), [(0, 1), (1, 0)]),
+        (1, 3, 3, (1, 1), [(1, 1), (1, 1)]),
+    ] {
+        let mut options = ConvOptions::new([1, 1], [0, 0], [1, 1], channels);
+        options.padding = padding;
+        check_options(batch, (channels, channels), kernel, size, options);
     }
 }
 
@@ -215,4 +247,51 @@ fn batch_norm_matches_the_reference() {
     check_batch_norm([2, 5, 19, 19], 20.0);
     check_batch_norm([4, 19], 1.0);
     check_batch_norm([2, 3, 4, 5, 6], 0.0);
+}
+
+/// Max-pooling forward (with and without autodiff, which keeps the indices) and backward.
+fn run_max_pool(device: &Device, x: &TensorData, mix: &TensorData, pool: &MaxPool2d) -> [Vec<f32>; 3] {
+    let values = |data: TensorData| data.iter::<f32>().collect::<Vec<f32>>();
+    let inference = pool.forward(Tensor::<4>::from_data(x.clone(), device));
+    let device = device.clone().autodiff();
+    let x = Tensor::<4>::from_data(x.clone(), &device).require_grad();
+    let y = pool.forward(x.clone());
+    let mix = Tensor::<4>::from_data(mix.clone(), &device);
+    let grads = (y.clone() * mix).sum().backward();
+    [
+        values(inference.into_data()),
+        values(y.inner().into_data()),
+        values(x.grad(&grads).expect("input gradient").into_data()),
+    ]
+}
+
+#[test]
+fn max_pool_matches_the_reference() {
+    // Xception's 3x3 stride-2 'same' pools (asymmetric on even sizes), a valid 2x2 one and
+    // a padded 3x3 stride-1 one.
+    let same = || MaxPool2dConfig::new([3, 3]).with_strides([2, 2]).with_padding(PaddingConfig2d::Same).init();
+    let cases = [
+        (same(), [2, 5, 9, 9]),
+        (same(), [1, 3, 8, 10]),
+        (same(), [3, 17, 19, 19]),
+        (same(), [2, 2, 1, 2]),
+        (MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init(), [2, 3, 7, 6]),
+        (MaxPool2dConfig::new([3, 3]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init(), [1, 4, 5, 6]),
+    ];
+    for (pool, shape) in cases {
+        // Integers with ties, so that which of equal values wins is checked too.
+        let x: Vec<f32> = random(shape, 8).iter::<f32>().map(|v| (v * 4.0).round()).collect();
+        let x = TensorData::new(x, shape);
+        let mix = random(pool.forward(Tensor::<4>::zeros(shape, &Device::flex())).dims(), 9);
+        let flex = run_max_pool(&Device::flex(), &x, &mix, &pool);
+        #[allow(deprecated)] // ndarray is deprecated upstream; here it is the reference
+        let reference = run_max_pool(&Device::ndarray(), &x, &mix, &pool);
+        for (what, (ours, theirs)) in ["inference output", "output", "input gradient"]
+            .iter()
+            .zip(flex.iter().zip(&reference))
+        {
+            let (worst, scale) = difference(ours, theirs);
+            assert!(worst <= 1e-6 * scale, "max-pool {what} of {shape:?}: off by {worst:e}");
+        }
+    }
 }

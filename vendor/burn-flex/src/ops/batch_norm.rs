@@ -76,7 +76,7 @@ fn channel_tensor(values: Vec<f32>) -> FlexTensor {
 }
 
 /// Sum of `f(a[i], b[i])` over a row, in 16 lanes so that it vectorises.
-#[inline]
+#[inline(always)]
 fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
     const LANES: usize = 16;
     let b = &b[..a.len()];
@@ -90,6 +90,41 @@ fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
     }
     let tail: f32 = a_tail.iter().zip(b_tail).map(|(&a, &b)| f(a, b)).sum();
     lanes.iter().map(|&v| f64::from(v)).sum::<f64>() + f64::from(tail)
+}
+
+multiversion! {
+    fn row_sum(a: &[f32]) -> f64 {
+        lane_sum(a, a, |a, _| a)
+    }
+}
+
+multiversion! {
+    fn row_centred_squares(a: &[f32], mean: f32) -> f64 {
+        lane_sum(a, a, |a, _| (a - mean) * (a - mean))
+    }
+}
+
+multiversion! {
+    fn row_dot_centred(g: &[f32], x: &[f32], mean: f32) -> f64 {
+        lane_sum(g, x, |g, x| g * (x - mean))
+    }
+}
+
+multiversion! {
+    fn affine_row(out: &mut [f32], a: &[f32], scale: f32, a_offset: f32, shift: f32) {
+        for (o, &a) in out.iter_mut().zip(a) {
+            *o = scale * (a - a_offset) + shift;
+        }
+    }
+}
+
+multiversion! {
+    fn affine2_row(out: &mut [f32], a: &[f32], b: &[f32], affine: Affine) {
+        let Affine { scale, a_offset, b_scale, b_offset, shift } = affine;
+        for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
+            *o = scale * (a - a_offset) + b_scale * (b - b_offset) + shift;
+        }
+    }
 }
 
 /// Raw output pointer shared by the channel tasks, which write disjoint rows.
@@ -133,13 +168,7 @@ fn write_affine(first: &Planes, shape: Shape, affine: &[Affine], second: Option<
     let (channels, spatial) = (first.channels, first.spatial);
     per_channel_tasks(channels, |c| {
         let out_ptr = out_ptr;
-        let Affine {
-            scale,
-            a_offset,
-            b_scale,
-            b_offset,
-            shift,
-        } = affine[c];
+        let coefficients = affine[c];
         for n in 0..first.batch {
             let start = (n * channels + c) * spatial;
             // SAFETY: rows of channel `c` are written by this task only, within `out`.
@@ -147,15 +176,11 @@ fn write_affine(first: &Planes, shape: Shape, affine: &[Affine], second: Option<
             let a_row = &a_data[start..start + spatial];
             match b_data {
                 Some(b_data) => {
-                    let b_row = &b_data[start..start + spatial];
-                    for ((o, &a), &b) in out_row.iter_mut().zip(a_row).zip(b_row) {
-                        *o = scale * (a - a_offset) + b_scale * (b - b_offset) + shift;
-                    }
+                    affine2_row(out_row, a_row, &b_data[start..start + spatial], coefficients)
                 }
                 None => {
-                    for (o, &a) in out_row.iter_mut().zip(a_row) {
-                        *o = scale * (a - a_offset) + shift;
-                    }
+                    let Affine { scale, a_offset, shift, .. } = coefficients;
+                    affine_row(out_row, a_row, scale, a_offset, shift)
                 }
             }
         }
@@ -199,12 +224,12 @@ pub fn batch_norm_train(
     let data = planes.data();
     let count = planes.count() as f64;
     let statistics = per_channel_tasks(planes.channels, |c| {
-        let sum: f64 = planes.rows(data, c).map(|row| lane_sum(row, row, |a, _| a)).sum();
+        let sum: f64 = planes.rows(data, c).map(row_sum).sum();
         let mean = sum / count;
         let centred = mean as f32;
         let squares: f64 = planes
             .rows(data, c)
-            .map(|row| lane_sum(row, row, |a, _| (a - centred) * (a - centred)))
+            .map(|row| row_centred_squares(row, centred))
             .sum();
         (mean, squares / count)
     });
@@ -251,8 +276,8 @@ pub fn batch_norm_train_backward(
             .zip(grads.rows(g_data, c))
             .fold((0.0f64, 0.0f64), |(dy, dy_xc), (x_row, g_row)| {
                 (
-                    dy + lane_sum(g_row, g_row, |g, _| g),
-                    dy_xc + lane_sum(g_row, x_row, |g, x| g * (x - m)),
+                    dy + row_sum(g_row),
+                    dy_xc + row_dot_centred(g_row, x_row, m),
                 )
             })
     });

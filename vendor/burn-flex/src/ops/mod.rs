@@ -88,6 +88,44 @@ pub(crate) fn float_storage_as_f32(tensor: &FlexTensor) -> Cow<'_, [f32]> {
     }
 }
 
+/// Defines a function whose body is compiled three times, for AVX-512, for AVX2 with FMA
+/// and for the baseline, and picks one by what the CPU reports at run time
+/// (xception-burn's patch: flex builds for baseline x86-64, where loops vectorise to SSE2
+/// only). Arguments must be plain identifiers; no generics.
+macro_rules! multiversion {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$meta])*
+        #[allow(clippy::too_many_arguments)]
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            fn body($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(all(feature = "std", target_arch = "x86_64"))]
+            {
+                #[target_feature(enable = "avx512f")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    body($($arg),*)
+                }
+                if std::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU supports AVX-512F.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    // SAFETY: the CPU supports AVX2 and FMA.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+
 pub mod activation;
 pub mod attention;
 pub mod batch_norm;
@@ -102,6 +140,7 @@ pub mod conv_grad;
 pub mod conv_transpose;
 pub mod cumulative;
 pub mod deform_conv;
+pub mod depthwise;
 pub mod expand;
 #[cfg(feature = "fft")]
 pub mod fft;
@@ -113,6 +152,7 @@ mod int;
 pub mod interpolate;
 pub mod mask;
 pub mod matmul;
+pub mod max_pool;
 mod module;
 pub mod pool;
 mod qtensor;

@@ -2,7 +2,9 @@
 //!
 //! These operations power neural network modules like convolutions and pooling.
 
-use crate::ops::{batch_norm, conv, conv_grad, conv_transpose, deform_conv, interpolate, pool};
+use crate::ops::{
+    batch_norm, conv, conv_grad, conv_transpose, deform_conv, depthwise, interpolate, max_pool, pool,
+};
 use crate::{Flex, FlexTensor, Layout};
 use burn_backend::{
     DType, Element, TensorMetadata,
@@ -110,7 +112,9 @@ impl ModuleOps<Flex> for Flex {
         options: ConvOptions<2>,
     ) -> FloatTensor<Flex> {
         let (x, options) = pad_asymmetric_conv_input::<Flex, 2>(x, options);
-        if let Some(out) = conv_grad::strided_pointwise_forward(&x, &weight, &bias, &options) {
+        if let Some(out) = depthwise::forward(&x, &weight, &bias, &options)
+            .or_else(|| conv_grad::strided_pointwise_forward(&x, &weight, &bias, &options))
+        {
             return out;
         }
         match x.dtype() {
@@ -129,7 +133,8 @@ impl ModuleOps<Flex> for Flex {
         options: ConvOptions<2>,
     ) -> FloatTensor<Flex> {
         let x_shape = x.layout().shape().clone();
-        if let Some(grad) = conv_grad::depthwise_x_backward(&x_shape, &weight, &output_grad, &options)
+        if let Some(grad) = depthwise::x_backward(&x_shape, &weight, &output_grad, &options)
+            .or_else(|| conv_grad::depthwise_x_backward(&x_shape, &weight, &output_grad, &options))
             .or_else(|| conv_grad::pointwise_x_backward(&x_shape, &weight, &output_grad, &options))
         {
             return grad;
@@ -144,7 +149,8 @@ impl ModuleOps<Flex> for Flex {
         options: ConvOptions<2>,
     ) -> FloatTensor<Flex> {
         let w_shape = weight.layout().shape().clone();
-        if let Some(grad) = conv_grad::depthwise_weight_backward(&x, &w_shape, &output_grad, &options)
+        if let Some(grad) = depthwise::weight_backward(&x, &w_shape, &output_grad, &options)
+            .or_else(|| conv_grad::depthwise_weight_backward(&x, &w_shape, &output_grad, &options))
             .or_else(|| conv_grad::pointwise_weight_backward(&x, &w_shape, &output_grad, &options))
         {
             return grad;
@@ -534,6 +540,11 @@ impl ModuleOps<Flex> for Flex {
         dilation: [usize; 2],
         ceil_mode: bool,
     ) -> FloatTensor<Flex> {
+        if let Some((values, _)) =
+            max_pool::max_pool2d(&x, kernel_size, stride, padding, dilation, ceil_mode, false)
+        {
+            return values;
+        }
         match x.dtype() {
             DType::F32 => {
                 pool::max_pool2d_f32(x, kernel_size, stride, padding, dilation, ceil_mode)
@@ -560,8 +571,10 @@ impl ModuleOps<Flex> for Flex {
         ceil_mode: bool,
         indices_dtype: IntDType,
     ) -> MaxPool2dWithIndices<Flex> {
-        let (output, mut indices) = match x.dtype() {
-            DType::F32 => pool::max_pool2d_with_indices_f32(
+        let fast = max_pool::max_pool2d(&x, kernel_size, stride, padding, dilation, ceil_mode, true);
+        let (output, mut indices) = match (fast, x.dtype()) {
+            (Some((values, Some(indices))), _) => (values, indices),
+            (_, DType::F32) => pool::max_pool2d_with_indices_f32(
                 x,
                 kernel_size,
                 stride,
@@ -569,7 +582,7 @@ impl ModuleOps<Flex> for Flex {
                 dilation,
                 ceil_mode,
             ),
-            DType::F64 => pool::max_pool2d_with_indices_f64(
+            (_, DType::F64) => pool::max_pool2d_with_indices_f64(
                 x,
                 kernel_size,
                 stride,
@@ -577,7 +590,7 @@ impl ModuleOps<Flex> for Flex {
                 dilation,
                 ceil_mode,
             ),
-            DType::F16 => pool::max_pool2d_with_indices_f16(
+            (_, DType::F16) => pool::max_pool2d_with_indices_f16(
                 x,
                 kernel_size,
                 stride,
@@ -585,7 +598,7 @@ impl ModuleOps<Flex> for Flex {
                 dilation,
                 ceil_mode,
             ),
-            DType::BF16 => pool::max_pool2d_with_indices_bf16(
+            (_, DType::BF16) => pool::max_pool2d_with_indices_bf16(
                 x,
                 kernel_size,
                 stride,
@@ -593,7 +606,7 @@ impl ModuleOps<Flex> for Flex {
                 dilation,
                 ceil_mode,
             ),
-            dtype => panic!("max_pool2d_with_indices: unsupported dtype {:?}", dtype),
+            (_, dtype) => panic!("max_pool2d_with_indices: unsupported dtype {:?}", dtype),
         };
         if indices.dtype() != DType::from(indices_dtype) {
             indices = Flex::int_cast(indices, indices_dtype);

@@ -1,0 +1,207 @@
+//! Where a training step's time goes, by operation: each kind of operation Xception runs at
+//! 299x299 (depthwise and 1x1 convolutions, BatchNorm, ReLU, max-pooling, the residual and
+//! entry convolutions), timed alone on its real shapes, forward and backward, multiplied
+//! by how often the model runs it.
+//!
+//!   cargo run --release --example op_times -- [flex|ndarray] [batch] [repeats]
+//!
+//! The sum comes close to `xception bench --target train` (the optimizer, dropout, the
+//! classifier and the additions are left out); it tells which kernel to speed up next.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use burn::tensor::activation::relu;
+use burn::nn::PaddingConfig2d;
+use burn::nn::pool::MaxPool2dConfig;
+use burn::tensor::module::{batch_norm_train, conv2d};
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{Device, Distribution, Tensor};
+
+/// One kind of operation on one shape: `[channels_in, channels_out, size]` of its input.
+#[derive(Clone, Copy)]
+enum Op {
+    Depthwise(usize, usize),
+    Pointwise(usize, usize, usize),
+    Residual(usize, usize, usize),
+    Entry(usize, usize, usize, usize),
+    BatchNorm(usize, usize),
+    Relu(usize, usize),
+    MaxPool(usize, usize),
+}
+
+impl Op {
+    fn kind(self) -> &'static str {
+        match self {
+            Op::Depthwise(..) => "depthwise 3x3",
+            Op::Pointwise(..) => "pointwise 1x1",
+            Op::Residual(..) => "residual 1x1 stride 2",
+            Op::Entry(..) => "entry 3x3 (dense)",
+            Op::BatchNorm(..) => "batch norm",
+            Op::Relu(..) => "relu",
+            Op::MaxPool(..) => "max-pool 3x3 stride 2",
+        }
+    }
+
+    /// The input and, for convolutions, the weight, random.
+    fn inputs(self, batch: usize, device: &Device) -> (Tensor<4>, Option<Tensor<4>>) {
+        let random = |shape: [usize; 4]| {
+            Tensor::<4>::random(shape, Distribution::Uniform(-1.0, 1.0), device)
+        };
+        match self {
+            Op::Depthwise(c, s) => (random([batch, c, s, s]), Some(random([c, 1, 3, 3]))),
+            Op::Pointwise(ci, co, s) | Op::Residual(ci, co, s) => {
+                (random([batch, ci, s, s]), Some(random([co, ci, 1, 1])))
+            }
+            Op::Entry(ci, co, s, _) => (random([batch, ci, s, s]), Some(random([co, ci, 3, 3]))),
+            Op::BatchNorm(c, s) | Op::Relu(c, s) | Op::MaxPool(c, s) => {
+                (random([batch, c, s, s]), None)
+            }
+        }
+    }
+
+    /// Forward output summed into a scalar; input and weight require their gradients.
+    fn run(self, x: &Tensor<4>, weight: &Option<Tensor<4>>, device: &Device) -> Tensor<1> {
+        let x = x.clone().require_grad();
+        let weight = || weight.clone().expect("a convolution has a weight").require_grad();
+        let y = match self {
+            Op::Depthwise(c, _) => {
+                conv2d(x, weight(), None, ConvOptions::new([1, 1], [1, 1], [1, 1], c))
+            }
+            Op::Pointwise(..) => conv2d(x, weight(), None, ConvOptions::new([1, 1], [0, 0], [1, 1], 1)),
+            Op::Residual(..) => conv2d(x, weight(), None, ConvOptions::new([2, 2], [0, 0], [1, 1], 1)),
+            Op::Entry(_, _, _, stride) => {
+                conv2d(x, weight(), None, ConvOptions::new([stride, stride], [0, 0], [1, 1], 1))
+            }
+            Op::BatchNorm(c, _) => {
+                let gamma = Tensor::<1>::ones([c], device).require_grad();
+                let beta = Tensor::<1>::zeros([c], device).require_grad();
+                batch_norm_train(x, gamma, beta, 1e-3).output
+            }
+            Op::Relu(..) => relu(x),
+            Op::MaxPool(..) => MaxPool2dConfig::new([3, 3])
+                .with_strides([2, 2])
+                .with_padding(PaddingConfig2d::Same)
+                .init()
+                .forward(x),
+        };
+        y.sum()
+    }
+}
+
+/// Xception's operations at 299x299 with how many times one forward pass runs each.
+fn xception_ops() -> Vec<(Op, usize)> {
+    let mut ops = vec![
+        (Op::Entry(3, 32, 299, 2), 1),
+        (Op::BatchNorm(32, 149), 1),
+        (Op::Relu(32, 149), 1),
+        (Op::Entry(32, 64, 149, 1), 1),
+        (Op::BatchNorm(64, 147), 1),
+        (Op::Relu(64, 147), 1),
+    ];
+    // Entry blocks: (c_in, c_out, size): two separable convolutions, a residual, a pool.
+    for (c_in, c_out, size) in [(64, 128, 147), (128, 256, 74), (256, 728, 37)] {
+        ops.extend([
+            (Op::Relu(c_in, size), 1),
+            (Op::Depthwise(c_in, size), 1),
+            (Op::Pointwise(c_in, c_out, size), 1),
+            (Op::BatchNorm(c_out, size), 2),
+            (Op::Relu(c_out, size), 1),
+            (Op::Depthwise(c_out, size), 1),
+            (Op::Pointwise(c_out, c_out, size), 1),
+            (Op::MaxPool(c_out, size), 1),
+            (Op::Residual(c_in, c_out, size), 1),
+            (Op::BatchNorm(c_out, size.div_ceil(2)), 1),
+        ]);
+    }
+    // Middle flow: 8 blocks of 3 x (ReLU, depthwise, pointwise, BN) at 728 x 19 x 19.
+    ops.extend([
+        (Op::Relu(728, 19), 24),
+        (Op::Depthwise(728, 19), 24),
+        (Op::Pointwise(728, 728, 19), 24),
+        (Op::BatchNorm(728, 19), 24),
+    ]);
+    // Exit flow.
+    ops.extend([
+        (Op::Relu(728, 19), 2),
+        (Op::Depthwise(728, 19), 2),
+        (Op::Pointwise(728, 728, 19), 1),
+        (Op::Pointwise(728, 1024, 19), 1),
+        (Op::BatchNorm(728, 19), 1),
+        (Op::BatchNorm(1024, 19), 1),
+        (Op::MaxPool(1024, 19), 1),
+        (Op::Residual(728, 1024, 19), 1),
+        (Op::BatchNorm(1024, 10), 1),
+        (Op::Depthwise(1024, 10), 1),
+        (Op::Pointwise(1024, 1536, 10), 1),
+        (Op::BatchNorm(1536, 10), 1),
+        (Op::Relu(1536, 10), 1),
+        (Op::Depthwise(1536, 10), 1),
+        (Op::Pointwise(1536, 2048, 10), 1),
+        (Op::BatchNorm(2048, 10), 1),
+        (Op::Relu(2048, 10), 1),
+    ]);
+    ops
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    #[allow(deprecated)] // ndarray is deprecated upstream; users asked for it
+    let device = match args.first().map(String::as_str) {
+        None | Some("flex") => Device::flex(),
+        Some("ndarray") => Device::ndarray(),
+        Some(other) => {
+            eprintln!("unknown device {other:?}: flex or ndarray");
+            std::process::exit(2);
+        }
+    };
+    let parse = |index: usize, default: usize| {
+        args.get(index).map_or(default, |value| {
+            value.parse().unwrap_or_else(|_| {
+                eprintln!("not a number: {value:?}");
+                std::process::exit(2)
+            })
+        })
+    };
+    let (batch, repeats) = (parse(1, 8), parse(2, 3).max(1));
+    let device = device.autodiff();
+    // Per kind: (forward, backward) seconds for one training step.
+    let mut totals: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
+    for (op, count) in xception_ops() {
+        let (mut forward, mut both) = (Vec::new(), Vec::new());
+        let (x, weight) = op.inputs(batch, &device);
+        for round in 0..=repeats {
+            let start = Instant::now();
+            let y = op.run(&x, &weight, &device);
+            let _ = y.clone().into_data();
+            let forward_seconds = start.elapsed().as_secs_f64();
+            let _ = y.backward();
+            if round > 0 {
+                forward.push(forward_seconds);
+                both.push(start.elapsed().as_secs_f64());
+            }
+        }
+        let (forward, both) = (median(forward), median(both));
+        let total = totals.entry(op.kind()).or_default();
+        total.0 += forward * count as f64;
+        total.1 += (both - forward).max(0.0) * count as f64;
+    }
+    let sum: f64 = totals.values().map(|(f, b)| f + b).sum();
+    println!("batch {batch}, 299x299, seconds per training step (median of {repeats}):");
+    println!("{:<24} {:>9} {:>9} {:>9} {:>6}", "operation", "forward", "backward", "total", "share");
+    let mut rows: Vec<_> = totals.into_iter().collect();
+    rows.sort_by(|a, b| (b.1.0 + b.1.1).total_cmp(&(a.1.0 + a.1.1)));
+    for (kind, (forward, backward)) in rows {
+        let total = forward + backward;
+        println!(
+            "{kind:<24} {forward:>9.3} {backward:>9.3} {total:>9.3} {:>5.1}%",
+            100.0 * total / sum
+        );
+    }
+    println!("{:<24} {:>9} {:>9} {sum:>9.3}", "all", "", "");
+}
