@@ -1,9 +1,12 @@
-//! Where a training step's time goes, by operation: each kind of operation Xception runs at
-//! 299x299 (depthwise and 1x1 convolutions, BatchNorm, ReLU, max-pooling, the residual and
-//! entry convolutions), timed alone on its real shapes, forward and backward, multiplied
-//! by how often the model runs it.
+//! Where a training step's time goes, by operation: each kind of operation Xception runs
+//! (depthwise and 1x1 convolutions, BatchNorm, ReLU, max-pooling, the residual and entry
+//! convolutions), timed alone on its real shapes, forward and backward, multiplied by how
+//! often the model runs it.
 //!
-//!   cargo run --release --example op_times -- [flex|ndarray] [batch] [repeats]
+//!   cargo run --release --workspace --example op_times -- [flex|ndarray] [batch] [size] [repeats]
+//!
+//! Run it with `MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647` to time memory the way
+//! the `xception` binary allocates it (its `keep_freed_memory`).
 //!
 //! The sum comes close to `xception bench --target train` (the optimizer, dropout, the
 //! classifier and the additions are left out); it tells which kernel to speed up next.
@@ -89,18 +92,28 @@ impl Op {
     }
 }
 
-/// Xception's operations at 299x299 with how many times one forward pass runs each.
-fn xception_ops() -> Vec<(Op, usize)> {
+/// Xception's operations on `size`x`size` images with how many times one forward pass runs
+/// each.
+fn xception_ops(size: usize) -> Vec<(Op, usize)> {
+    // Feature-map sizes: the two valid 3x3 convolutions (the first with stride 2), then
+    // halved ('same' padding) by each entry block and the exit block.
+    let conv1 = (size - 3) / 2 + 1;
+    let conv2 = conv1 - 2;
+    let [block2, block3, middle, exit] = {
+        let half = |s: usize| s.div_ceil(2);
+        let block2 = half(conv2);
+        [block2, half(block2), half(half(block2)), half(half(half(block2)))]
+    };
     let mut ops = vec![
-        (Op::Entry(3, 32, 299, 2), 1),
-        (Op::BatchNorm(32, 149), 1),
-        (Op::Relu(32, 149), 1),
-        (Op::Entry(32, 64, 149, 1), 1),
-        (Op::BatchNorm(64, 147), 1),
-        (Op::Relu(64, 147), 1),
+        (Op::Entry(3, 32, size, 2), 1),
+        (Op::BatchNorm(32, conv1), 1),
+        (Op::Relu(32, conv1), 1),
+        (Op::Entry(32, 64, conv1, 1), 1),
+        (Op::BatchNorm(64, conv2), 1),
+        (Op::Relu(64, conv2), 1),
     ];
     // Entry blocks: (c_in, c_out, size): two separable convolutions, a residual, a pool.
-    for (c_in, c_out, size) in [(64, 128, 147), (128, 256, 74), (256, 728, 37)] {
+    for (c_in, c_out, size) in [(64, 128, conv2), (128, 256, block2), (256, 728, block3)] {
         ops.extend([
             (Op::Relu(c_in, size), 1),
             (Op::Depthwise(c_in, size), 1),
@@ -114,32 +127,32 @@ fn xception_ops() -> Vec<(Op, usize)> {
             (Op::BatchNorm(c_out, size.div_ceil(2)), 1),
         ]);
     }
-    // Middle flow: 8 blocks of 3 x (ReLU, depthwise, pointwise, BN) at 728 x 19 x 19.
+    // Middle flow: 8 blocks of 3 x (ReLU, depthwise, pointwise, BN) at 728 channels.
     ops.extend([
-        (Op::Relu(728, 19), 24),
-        (Op::Depthwise(728, 19), 24),
-        (Op::Pointwise(728, 728, 19), 24),
-        (Op::BatchNorm(728, 19), 24),
+        (Op::Relu(728, middle), 24),
+        (Op::Depthwise(728, middle), 24),
+        (Op::Pointwise(728, 728, middle), 24),
+        (Op::BatchNorm(728, middle), 24),
     ]);
     // Exit flow.
     ops.extend([
-        (Op::Relu(728, 19), 2),
-        (Op::Depthwise(728, 19), 2),
-        (Op::Pointwise(728, 728, 19), 1),
-        (Op::Pointwise(728, 1024, 19), 1),
-        (Op::BatchNorm(728, 19), 1),
-        (Op::BatchNorm(1024, 19), 1),
-        (Op::MaxPool(1024, 19), 1),
-        (Op::Residual(728, 1024, 19), 1),
-        (Op::BatchNorm(1024, 10), 1),
-        (Op::Depthwise(1024, 10), 1),
-        (Op::Pointwise(1024, 1536, 10), 1),
-        (Op::BatchNorm(1536, 10), 1),
-        (Op::Relu(1536, 10), 1),
-        (Op::Depthwise(1536, 10), 1),
-        (Op::Pointwise(1536, 2048, 10), 1),
-        (Op::BatchNorm(2048, 10), 1),
-        (Op::Relu(2048, 10), 1),
+        (Op::Relu(728, middle), 2),
+        (Op::Depthwise(728, middle), 2),
+        (Op::Pointwise(728, 728, middle), 1),
+        (Op::Pointwise(728, 1024, middle), 1),
+        (Op::BatchNorm(728, middle), 1),
+        (Op::BatchNorm(1024, middle), 1),
+        (Op::MaxPool(1024, middle), 1),
+        (Op::Residual(728, 1024, middle), 1),
+        (Op::BatchNorm(1024, exit), 1),
+        (Op::Depthwise(1024, exit), 1),
+        (Op::Pointwise(1024, 1536, exit), 1),
+        (Op::BatchNorm(1536, exit), 1),
+        (Op::Relu(1536, exit), 1),
+        (Op::Depthwise(1536, exit), 1),
+        (Op::Pointwise(1536, 2048, exit), 1),
+        (Op::BatchNorm(2048, exit), 1),
+        (Op::Relu(2048, exit), 1),
     ]);
     ops
 }
@@ -168,11 +181,15 @@ fn main() {
             })
         })
     };
-    let (batch, repeats) = (parse(1, 8), parse(2, 3).max(1));
+    let (batch, size, repeats) = (parse(1, 8), parse(2, 299), parse(3, 3).max(1));
+    if size < 29 {
+        eprintln!("size {size} is too small for Xception (at least 29)");
+        std::process::exit(2);
+    }
     let device = device.autodiff();
     // Per kind: (forward, backward) seconds for one training step.
     let mut totals: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
-    for (op, count) in xception_ops() {
+    for (op, count) in xception_ops(size) {
         let (mut forward, mut both) = (Vec::new(), Vec::new());
         let (x, weight) = op.inputs(batch, &device);
         for round in 0..=repeats {
@@ -192,7 +209,7 @@ fn main() {
         total.1 += (both - forward).max(0.0) * count as f64;
     }
     let sum: f64 = totals.values().map(|(f, b)| f + b).sum();
-    println!("batch {batch}, 299x299, seconds per training step (median of {repeats}):");
+    println!("batch {batch}, {size}x{size}, seconds per training step (median of {repeats}):");
     println!("{:<24} {:>9} {:>9} {:>9} {:>6}", "operation", "forward", "backward", "total", "share");
     let mut rows: Vec<_> = totals.into_iter().collect();
     rows.sort_by(|a, b| (b.1.0 + b.1.1).total_cmp(&(a.1.0 + a.1.1)));
