@@ -14,9 +14,9 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use burn::tensor::activation::relu;
 use burn::nn::PaddingConfig2d;
 use burn::nn::pool::MaxPool2dConfig;
+use burn::tensor::activation::relu;
 use burn::tensor::module::{batch_norm_train, conv2d};
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Distribution, Tensor};
@@ -66,16 +66,37 @@ impl Op {
     /// Forward output summed into a scalar; input and weight require their gradients.
     fn run(self, x: &Tensor<4>, weight: &Option<Tensor<4>>, device: &Device) -> Tensor<1> {
         let x = x.clone().require_grad();
-        let weight = || weight.clone().expect("a convolution has a weight").require_grad();
+        let weight = || {
+            weight
+                .clone()
+                .expect("a convolution has a weight")
+                .require_grad()
+        };
         let y = match self {
-            Op::Depthwise(c, _) => {
-                conv2d(x, weight(), None, ConvOptions::new([1, 1], [1, 1], [1, 1], c))
-            }
-            Op::Pointwise(..) => conv2d(x, weight(), None, ConvOptions::new([1, 1], [0, 0], [1, 1], 1)),
-            Op::Residual(..) => conv2d(x, weight(), None, ConvOptions::new([2, 2], [0, 0], [1, 1], 1)),
-            Op::Entry(_, _, _, stride) => {
-                conv2d(x, weight(), None, ConvOptions::new([stride, stride], [0, 0], [1, 1], 1))
-            }
+            Op::Depthwise(c, _) => conv2d(
+                x,
+                weight(),
+                None,
+                ConvOptions::new([1, 1], [1, 1], [1, 1], c),
+            ),
+            Op::Pointwise(..) => conv2d(
+                x,
+                weight(),
+                None,
+                ConvOptions::new([1, 1], [0, 0], [1, 1], 1),
+            ),
+            Op::Residual(..) => conv2d(
+                x,
+                weight(),
+                None,
+                ConvOptions::new([2, 2], [0, 0], [1, 1], 1),
+            ),
+            Op::Entry(_, _, _, stride) => conv2d(
+                x,
+                weight(),
+                None,
+                ConvOptions::new([stride, stride], [0, 0], [1, 1], 1),
+            ),
             Op::BatchNorm(c, _) => {
                 let gamma = Tensor::<1>::ones([c], device).require_grad();
                 let beta = Tensor::<1>::zeros([c], device).require_grad();
@@ -102,7 +123,12 @@ fn xception_ops(size: usize) -> Vec<(Op, usize)> {
     let [block2, block3, middle, exit] = {
         let half = |s: usize| s.div_ceil(2);
         let block2 = half(conv2);
-        [block2, half(block2), half(half(block2)), half(half(half(block2)))]
+        [
+            block2,
+            half(block2),
+            half(half(block2)),
+            half(half(half(block2))),
+        ]
     };
     let mut ops = vec![
         (Op::Entry(3, 32, size, 2), 1),
@@ -210,7 +236,10 @@ fn main() {
     }
     let sum: f64 = totals.values().map(|(f, b)| f + b).sum();
     println!("batch {batch}, {size}x{size}, seconds per training step (median of {repeats}):");
-    println!("{:<24} {:>9} {:>9} {:>9} {:>6}", "operation", "forward", "backward", "total", "share");
+    println!(
+        "{:<24} {:>9} {:>9} {:>9} {:>6}",
+        "operation", "forward", "backward", "total", "share"
+    );
     let mut rows: Vec<_> = totals.into_iter().collect();
     rows.sort_by(|a, b| (b.1.0 + b.1.1).total_cmp(&(a.1.0 + a.1.1)));
     for (kind, (forward, backward)) in rows {

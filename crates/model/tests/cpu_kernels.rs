@@ -12,18 +12,18 @@ use burn::tensor::module::{batch_norm, batch_norm_train, conv2d};
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 
-/// Forward output and the gradients of a weighted sum of it, as host data.
+/// Forward output (with a bias) and the gradients of a weighted sum of it, as host data.
 fn run(
     device: &Device,
     x: &TensorData,
-    weight: &TensorData,
-    mix: &TensorData,
+    [weight, bias, mix]: [&TensorData; 3],
     options: &ConvOptions<2>,
 ) -> [Vec<f32>; 3] {
     let device = device.clone().autodiff();
     let x = Tensor::<4>::from_data(x.clone(), &device).require_grad();
     let weight = Tensor::<4>::from_data(weight.clone(), &device).require_grad();
-    let y = conv2d(x.clone(), weight.clone(), None, options.clone());
+    let bias = Tensor::<1>::from_data(bias.clone(), &device);
+    let y = conv2d(x.clone(), weight.clone(), Some(bias), options.clone());
     let mix = Tensor::<4>::from_data(mix.clone(), &device);
     let grads = (y.clone() * mix).sum().backward();
     let values = |t: Tensor<4>| t.into_data().iter::<f32>().collect::<Vec<f32>>();
@@ -34,6 +34,8 @@ fn run(
     ]
 }
 
+/// Random data. Tests run in parallel over one generator, so the values are not the same
+/// from run to run; each test makes its data once and gives both backends the same.
 fn random<const D: usize>(shape: [usize; D], seed: u64) -> TensorData {
     let device = Device::flex();
     device.seed(seed);
@@ -89,9 +91,10 @@ fn check_options(
     let out_h = (h + options.padding[0].0 + options.padding[0].1 - kernel) / stride + 1;
     let out_w = (w + options.padding[1].0 + options.padding[1].1 - kernel) / stride + 1;
     let mix = random([batch, c_out, out_h, out_w], 3);
-    let flex = run(&Device::flex(), &x, &weight, &mix, &options);
+    let bias = random([c_out], 10);
+    let flex = run(&Device::flex(), &x, [&weight, &bias, &mix], &options);
     #[allow(deprecated)] // ndarray is deprecated upstream; here it is the reference
-    let reference = run(&Device::ndarray(), &x, &weight, &mix, &options);
+    let reference = run(&Device::ndarray(), &x, [&weight, &bias, &mix], &options);
     for (what, (ours, theirs)) in ["output", "input gradient", "weight gradient"]
         .iter()
         .zip(flex.iter().zip(&reference))
@@ -139,12 +142,15 @@ fn depthwise_kernels_and_paddings_beyond_xceptions_match_the_reference() {
 
 #[test]
 fn pointwise_gradients_match_the_reference() {
-    // Batch 5 splits unevenly over threads in the weight gradient's per-thread sums.
+    // Small maps take the whole batch in one product; large ones (over 1600 positions) go
+    // image by image, where batch 5 splits unevenly over threads in the weight gradient.
     for (batch, c_in, c_out, size) in [
         (1, 3, 5, (1, 1)),
         (2, 13, 7, (9, 7)),
         (3, 17, 33, (19, 19)),
         (5, 16, 9, (4, 6)),
+        (5, 4, 6, (41, 43)),
+        (1, 5, 3, (45, 40)),
     ] {
         check(batch, c_in, c_out, 1, 1, size, 1);
     }
@@ -158,6 +164,7 @@ fn strided_pointwise_convolutions_match_the_reference() {
         (1, 3, 17, (8, 11)),
         (3, 19, 7, (1, 2)),
         (5, 8, 8, (10, 10)),
+        (2, 3, 5, (83, 81)),
     ] {
         check(batch, c_in, c_out, 1, 1, size, 2);
     }
@@ -250,7 +257,12 @@ fn batch_norm_matches_the_reference() {
 }
 
 /// Max-pooling forward (with and without autodiff, which keeps the indices) and backward.
-fn run_max_pool(device: &Device, x: &TensorData, mix: &TensorData, pool: &MaxPool2d) -> [Vec<f32>; 3] {
+fn run_max_pool(
+    device: &Device,
+    x: &TensorData,
+    mix: &TensorData,
+    pool: &MaxPool2d,
+) -> [Vec<f32>; 3] {
     let values = |data: TensorData| data.iter::<f32>().collect::<Vec<f32>>();
     let inference = pool.forward(Tensor::<4>::from_data(x.clone(), device));
     let device = device.clone().autodiff();
@@ -269,20 +281,40 @@ fn run_max_pool(device: &Device, x: &TensorData, mix: &TensorData, pool: &MaxPoo
 fn max_pool_matches_the_reference() {
     // Xception's 3x3 stride-2 'same' pools (asymmetric on even sizes), a valid 2x2 one and
     // a padded 3x3 stride-1 one.
-    let same = || MaxPool2dConfig::new([3, 3]).with_strides([2, 2]).with_padding(PaddingConfig2d::Same).init();
+    let same = || {
+        MaxPool2dConfig::new([3, 3])
+            .with_strides([2, 2])
+            .with_padding(PaddingConfig2d::Same)
+            .init()
+    };
     let cases = [
         (same(), [2, 5, 9, 9]),
         (same(), [1, 3, 8, 10]),
         (same(), [3, 17, 19, 19]),
         (same(), [2, 2, 1, 2]),
-        (MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init(), [2, 3, 7, 6]),
-        (MaxPool2dConfig::new([3, 3]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init(), [1, 4, 5, 6]),
+        (
+            MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init(),
+            [2, 3, 7, 6],
+        ),
+        (
+            MaxPool2dConfig::new([3, 3])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(),
+            [1, 4, 5, 6],
+        ),
     ];
     for (pool, shape) in cases {
         // Integers with ties, so that which of equal values wins is checked too.
-        let x: Vec<f32> = random(shape, 8).iter::<f32>().map(|v| (v * 4.0).round()).collect();
+        let x: Vec<f32> = random(shape, 8)
+            .iter::<f32>()
+            .map(|v| (v * 4.0).round())
+            .collect();
         let x = TensorData::new(x, shape);
-        let mix = random(pool.forward(Tensor::<4>::zeros(shape, &Device::flex())).dims(), 9);
+        let mix = random(
+            pool.forward(Tensor::<4>::zeros(shape, &Device::flex()))
+                .dims(),
+            9,
+        );
         let flex = run_max_pool(&Device::flex(), &x, &mix, &pool);
         #[allow(deprecated)] // ndarray is deprecated upstream; here it is the reference
         let reference = run_max_pool(&Device::ndarray(), &x, &mix, &pool);
@@ -291,7 +323,10 @@ fn max_pool_matches_the_reference() {
             .zip(flex.iter().zip(&reference))
         {
             let (worst, scale) = difference(ours, theirs);
-            assert!(worst <= 1e-6 * scale, "max-pool {what} of {shape:?}: off by {worst:e}");
+            assert!(
+                worst <= 1e-6 * scale,
+                "max-pool {what} of {shape:?}: off by {worst:e}"
+            );
         }
     }
 }
