@@ -528,8 +528,8 @@ fn main() -> ExitCode {
 /// glibc serves allocations above 32 MiB (at 299x299 most activations) with fresh `mmap`
 /// pages and unmaps them when freed, so every training step faulted in and zeroed its
 /// activations anew (7% of a flex step in `perf`). From the heap, never trimmed below
-/// 2 GiB of free space, the same steps ran 10-15% faster at the same peak memory
-/// (docs/benchmarks.md).
+/// 2 GiB of free space, the same steps ran 1.15-1.22x faster at 96x96 and 1.02-1.27x at
+/// 299x299, at the same peak memory (docs/benchmarks.md).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn keep_freed_memory() {
     // SAFETY: mallopt only sets glibc's allocation thresholds; no thread is running yet.

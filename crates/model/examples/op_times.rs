@@ -3,7 +3,11 @@
 //! convolutions), timed alone on its real shapes, forward and backward, multiplied by how
 //! often the model runs it.
 //!
-//!   cargo run --release --workspace --example op_times -- [flex|ndarray] [batch] [size] [repeats]
+//!   cargo build --release --workspace --example op_times
+//!   target/release/examples/op_times [flex|ndarray] [batch] [size] [repeats]
+//!
+//! (`cargo run` takes no `--workspace`, and building the model crate alone resolves Burn's
+//! features differently and rebuilds it.)
 //!
 //! Run it with `MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647` to time memory the way
 //! the `xception` binary allocates it (its `keep_freed_memory`).
