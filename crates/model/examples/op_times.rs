@@ -13,7 +13,9 @@
 //! the `xception` binary allocates it (its `keep_freed_memory`).
 //!
 //! The sum comes close to `xception bench --target train` (the optimizer, dropout, the
-//! classifier and the additions are left out); it tells which kernel to speed up next.
+//! classifier and the additions are left out; each backward here starts from the gradient of
+//! a sum, which the kernels first copy into their layout); it tells which kernel to speed up
+//! next.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -55,14 +57,19 @@ impl Op {
         let random = |shape: [usize; 4]| {
             Tensor::<4>::random(shape, Distribution::Uniform(-1.0, 1.0), device)
         };
+        let activation = |shape: [usize; 4]| as_activation(random(shape));
         match self {
-            Op::Depthwise(c, s) => (random([batch, c, s, s]), Some(random([c, 1, 3, 3]))),
+            Op::Depthwise(c, s) => (activation([batch, c, s, s]), Some(random([c, 1, 3, 3]))),
             Op::Pointwise(ci, co, s) | Op::Residual(ci, co, s) => {
-                (random([batch, ci, s, s]), Some(random([co, ci, 1, 1])))
+                (activation([batch, ci, s, s]), Some(random([co, ci, 1, 1])))
             }
-            Op::Entry(ci, co, s, _) => (random([batch, ci, s, s]), Some(random([co, ci, 3, 3]))),
+            // The first convolution reads the image batch as the data loader makes it.
+            Op::Entry(ci, co, s, 2) => (random([batch, ci, s, s]), Some(random([co, ci, 3, 3]))),
+            Op::Entry(ci, co, s, _) => {
+                (activation([batch, ci, s, s]), Some(random([co, ci, 3, 3])))
+            }
             Op::BatchNorm(c, s) | Op::Relu(c, s) | Op::MaxPool(c, s) => {
-                (random([batch, c, s, s]), None)
+                (activation([batch, c, s, s]), None)
             }
         }
     }
@@ -115,6 +122,20 @@ impl Op {
         };
         y.sum()
     }
+}
+
+/// `x` in the layout the model's activations have: flex's convolutions return channels-last
+/// tensors (NHWC memory), so `x` goes through a 1x1 identity convolution; on other devices
+/// this is a plain copy.
+fn as_activation(x: Tensor<4>) -> Tensor<4> {
+    let channels = x.dims()[1];
+    let identity = Tensor::<2>::eye(channels, &x.device()).reshape([channels, channels, 1, 1]);
+    conv2d(
+        x,
+        identity,
+        None,
+        ConvOptions::new([1, 1], [0, 0], [1, 1], 1),
+    )
 }
 
 /// Xception's operations on `size`x`size` images with how many times one forward pass runs

@@ -1,10 +1,11 @@
 //! The flex device's own CPU kernels (our patch of burn-flex, `vendor/burn-flex/PATCHES.md`)
 //! against Burn's reference backend, ndarray, which computes them the generic way: the
-//! depthwise and 1x1 convolutions (forward values, input and weight gradients), batch
-//! normalisation (output, batch statistics, input/scale/shift gradients) and max-pooling
-//! (values, gradients, ties), on odd sizes,
-//! batch 1, channel counts off the SIMD width, strides 1 and 2 and TensorFlow's 'same'
-//! padding (asymmetric for stride 2 on even sizes).
+//! depthwise, 1x1 and dense convolutions (forward values, input and weight gradients; flex
+//! returns them channels-last), batch normalisation (output, batch statistics,
+//! input/scale/shift gradients), max-pooling (values, gradients, ties), and a small chain of
+//! these on channels-last activations; on odd sizes, batch 1, channel counts off the SIMD
+//! width, strides 1 and 2 and TensorFlow's 'same' padding (asymmetric for stride 2 on even
+//! sizes).
 
 use burn::nn::PaddingConfig2d;
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
@@ -326,6 +327,104 @@ fn max_pool_matches_the_reference() {
             assert!(
                 worst <= 1e-6 * scale,
                 "max-pool {what} of {shape:?}: off by {worst:e}"
+            );
+        }
+    }
+}
+
+/// A small Xception-like chain: 1x1 convolution, BatchNorm, ReLU, depthwise 3x3, 'same'
+/// max-pool (asymmetric on even sizes), a strided 1x1 shortcut added, then `relu(y) + y`.
+/// On flex every activation after the first convolution is channels-last, so this checks
+/// BatchNorm, ReLU, padding, max-pooling, additions and gradient sums on that layout.
+/// Returns the training output and gradients, then the inference output.
+fn run_chain(device: &Device, x: &TensorData, parameters: [&TensorData; 6]) -> [Vec<f32>; 5] {
+    let chain = |device: &Device, training: bool| {
+        let tensor = |data: &TensorData| Tensor::<4>::from_data(data.clone(), device);
+        let vector = |data: &TensorData| Tensor::<1>::from_data(data.clone(), device);
+        let [pointwise, depthwise, shortcut, gamma, beta, _] = parameters;
+        let (x, pointwise, depthwise) = (tensor(x), tensor(pointwise), tensor(depthwise));
+        let (x, pointwise, depthwise) = if training {
+            (
+                x.require_grad(),
+                pointwise.require_grad(),
+                depthwise.require_grad(),
+            )
+        } else {
+            (x, pointwise, depthwise)
+        };
+        let channels = pointwise.dims()[0];
+        let unit = ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
+        let y = conv2d(x.clone(), pointwise.clone(), None, unit);
+        let (gamma, beta) = (vector(gamma), vector(beta));
+        let y = if training {
+            batch_norm_train(y, gamma, beta, 1e-3).output
+        } else {
+            let mean = Tensor::<1>::zeros([channels], device) + 0.1;
+            let variance = Tensor::<1>::ones([channels], device) * 2.0;
+            batch_norm(y, gamma, beta, mean, variance, 1e-3)
+        };
+        let y = burn::tensor::activation::relu(y);
+        let mut options = ConvOptions::new([1, 1], [1, 1], [1, 1], channels);
+        options.padding = [(1, 1), (1, 1)];
+        let y = conv2d(y, depthwise.clone(), None, options);
+        let pool = MaxPool2dConfig::new([3, 3])
+            .with_strides([2, 2])
+            .with_padding(PaddingConfig2d::Same)
+            .init();
+        let strided = ConvOptions::new([2, 2], [0, 0], [1, 1], 1);
+        let y = pool.forward(y) + conv2d(x.clone(), tensor(shortcut), None, strided);
+        (
+            burn::tensor::activation::relu(y.clone()) + y,
+            [x, pointwise, depthwise],
+        )
+    };
+    let values = |t: Tensor<4>| t.into_data().iter::<f32>().collect::<Vec<f32>>();
+    let (inference, _) = chain(device, false);
+    let autodiff = device.clone().autodiff();
+    let (y, [x, pointwise, depthwise]) = chain(&autodiff, true);
+    let mix = Tensor::<4>::from_data(parameters[5].clone(), &autodiff);
+    let grads = (y.clone() * mix).sum().backward();
+    [
+        values(y.inner()),
+        values(x.grad(&grads).expect("input gradient")),
+        values(pointwise.grad(&grads).expect("1x1 weight gradient")),
+        values(depthwise.grad(&grads).expect("depthwise weight gradient")),
+        values(inference),
+    ]
+}
+
+#[test]
+fn channels_last_activations_match_the_reference() {
+    for (batch, c_in, channels, (h, w)) in
+        [(2, 5, 12, (8, 10)), (1, 3, 17, (9, 9)), (3, 4, 6, (6, 7))]
+    {
+        let x = random([batch, c_in, h, w], 11);
+        let (out_h, out_w) = (h.div_ceil(2), w.div_ceil(2));
+        let data = [
+            random([channels, c_in, 1, 1], 12),
+            random([channels, 1, 3, 3], 13),
+            random([channels, c_in, 1, 1], 14),
+            random([channels], 15),
+            random([channels], 16),
+            random([batch, channels, out_h, out_w], 17),
+        ];
+        let parameters = [&data[0], &data[1], &data[2], &data[3], &data[4], &data[5]];
+        let flex = run_chain(&Device::flex(), &x, parameters);
+        #[allow(deprecated)] // ndarray is deprecated upstream; here it is the reference
+        let reference = run_chain(&Device::ndarray(), &x, parameters);
+        let names = [
+            "output",
+            "input gradient",
+            "1x1 weight gradient",
+            "depthwise weight gradient",
+            "inference output",
+        ];
+        for (what, (ours, theirs)) in names.iter().zip(flex.iter().zip(&reference)) {
+            let (worst, scale) = difference(ours, theirs);
+            assert!(
+                worst <= 2e-5 * scale,
+                "chain {what} of [{batch}, {c_in}, {h}, {w}] -> {channels} channels: off by \
+                 {worst:e} (scale {scale})"
             );
         }
     }

@@ -135,6 +135,35 @@ impl Layout {
                 .any(|(&stride, &dim)| dim > 1 && stride == 0)
     }
 
+    /// Whether this layout covers exactly the first `num_elements()` storage elements, in
+    /// some order of its dimensions (a permutation of a contiguous layout, such as a
+    /// channels-last activation), so that element-wise work can run over the storage
+    /// directly and keep the layout. (xception-burn's patch, see `PATCHES.md`.)
+    pub fn is_dense_permutation(&self) -> bool {
+        if self.start_offset != 0 {
+            return false;
+        }
+        let mut dims: alloc::vec::Vec<(isize, usize)> = self
+            .strides
+            .iter()
+            .zip(self.shape.iter())
+            .filter(|&(_, &size)| size > 1)
+            .map(|(&stride, &size)| (stride, size))
+            .collect();
+        dims.sort_unstable_by_key(|&(stride, _)| stride);
+        let mut expected = 1isize;
+        for (stride, size) in dims {
+            if stride != expected {
+                return false;
+            }
+            match expected.checked_mul(size as isize) {
+                Some(next) => expected = next,
+                None => return false,
+            }
+        }
+        true
+    }
+
     /// If contiguous, return (start, end) offsets for direct slice access.
     pub fn contiguous_offsets(&self) -> Option<(usize, usize)> {
         if self.is_contiguous() {

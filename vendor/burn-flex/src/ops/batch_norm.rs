@@ -66,11 +66,11 @@ impl Planes {
 }
 
 /// A `[channels]` f32 parameter or statistic, or `None` when it is not f32.
-fn per_channel(tensor: &FlexTensor) -> Option<Vec<f32>> {
+pub(crate) fn per_channel(tensor: &FlexTensor) -> Option<Vec<f32>> {
     (tensor.dtype() == DType::F32).then(|| tensor.to_contiguous().storage::<f32>().to_vec())
 }
 
-fn channel_tensor(values: Vec<f32>) -> FlexTensor {
+pub(crate) fn channel_tensor(values: Vec<f32>) -> FlexTensor {
     let shape = Shape::from(vec![values.len()]);
     FlexTensor::new(Bytes::from_elems(values), Layout::contiguous(shape), DType::F32)
 }

@@ -43,6 +43,25 @@ where
     // Broadcast tensors to the same shape if needed
     let (lhs, rhs) = crate::ops::expand::broadcast_binary(lhs, rhs);
 
+    // xception-burn's patch: operands sharing one permuted dense layout (channels-last
+    // activations) are combined over their storage, and the result keeps that layout.
+    if lhs.layout().strides() == rhs.layout().strides()
+        && !lhs.layout().is_contiguous()
+        && lhs.layout().is_dense_permutation()
+        && rhs.layout().is_dense_permutation()
+    {
+        let layout = lhs.layout().clone();
+        let flat = Layout::contiguous(Shape::from(alloc::vec![layout.num_elements()]));
+        let out = binary_op(
+            lhs.with_layout(flat.clone()),
+            rhs.with_layout(flat),
+            f32_op,
+            f64_op,
+            simd_hint,
+        );
+        return out.with_layout(layout);
+    }
+
     let dtype = lhs.dtype();
 
     match dtype {

@@ -135,6 +135,14 @@ impl FloatTensorOps<Flex> for Flex {
         FlexTensor::empty(shape, dtype.into())
     }
 
+    fn float_pad(
+        tensor: FloatTensor<Flex>,
+        padding: &[(usize, usize)],
+        mode: burn_std::PadMode,
+    ) -> FloatTensor<Flex> {
+        crate::ops::pad::float_pad(tensor, padding, mode)
+    }
+
     fn float_add(lhs: FloatTensor<Flex>, rhs: FloatTensor<Flex>) -> FloatTensor<Flex> {
         binary_op(lhs, rhs, |a, b| a + b, |a, b| a + b, Some(BinaryOp::Add))
     }
@@ -520,6 +528,9 @@ impl FloatTensorOps<Flex> for Flex {
         slices: &[Slice],
         value: FloatTensor<Flex>,
     ) -> FloatTensor<Flex> {
+        if let Some(out) = crate::ops::channels_last::slice_assign(&tensor, slices, &value) {
+            return out;
+        }
         crate::ops::slice::slice_assign(tensor, slices, value)
     }
 

@@ -132,6 +132,7 @@ pub mod batch_norm;
 pub mod binary;
 mod bool;
 pub mod cat;
+pub mod channels_last;
 pub mod comparison;
 #[macro_use]
 mod conv_common;
@@ -140,7 +141,6 @@ pub mod conv_grad;
 pub mod conv_transpose;
 pub mod cumulative;
 pub mod deform_conv;
-pub mod depthwise;
 pub mod expand;
 #[cfg(feature = "fft")]
 pub mod fft;
@@ -151,6 +151,7 @@ pub mod grid_sample;
 mod int;
 pub mod interpolate;
 pub mod mask;
+pub mod pad;
 pub mod matmul;
 pub mod max_pool;
 mod module;

@@ -3,7 +3,7 @@
 //! These operations power neural network modules like convolutions and pooling.
 
 use crate::ops::{
-    batch_norm, conv, conv_grad, conv_transpose, deform_conv, depthwise, interpolate, max_pool, pool,
+    batch_norm, channels_last, conv, conv_grad, conv_transpose, deform_conv, interpolate, max_pool, pool,
 };
 use crate::{Flex, FlexTensor, Layout};
 use burn_backend::{
@@ -53,9 +53,11 @@ impl ModuleOps<Flex> for Flex {
         variance: FloatTensor<Flex>,
         epsilon: f64,
     ) -> FloatTensor<Flex> {
-        batch_norm::batch_norm(&x, &gamma, &beta, &mean, &variance, epsilon).unwrap_or_else(|| {
-            batch_norm::default_batch_norm(x, gamma, beta, mean, variance, epsilon)
-        })
+        channels_last::batch_norm(&x, &gamma, &beta, &mean, &variance, epsilon)
+            .or_else(|| batch_norm::batch_norm(&x, &gamma, &beta, &mean, &variance, epsilon))
+            .unwrap_or_else(|| {
+                batch_norm::default_batch_norm(x, gamma, beta, mean, variance, epsilon)
+            })
     }
 
     fn batch_norm_train(
@@ -64,7 +66,8 @@ impl ModuleOps<Flex> for Flex {
         beta: FloatTensor<Flex>,
         epsilon: f64,
     ) -> BatchNormTrain<Flex> {
-        batch_norm::batch_norm_train(&x, &gamma, &beta, epsilon)
+        channels_last::batch_norm_train(&x, &gamma, &beta, epsilon)
+            .or_else(|| batch_norm::batch_norm_train(&x, &gamma, &beta, epsilon))
             .unwrap_or_else(|| batch_norm::default_batch_norm_train(x, gamma, beta, epsilon))
     }
 
@@ -76,7 +79,10 @@ impl ModuleOps<Flex> for Flex {
         epsilon: f64,
         output_grad: FloatTensor<Flex>,
     ) -> BatchNormTrainBackward<Flex> {
-        batch_norm::batch_norm_train_backward(&x, &gamma, &mean, &variance, epsilon, &output_grad)
+        channels_last::batch_norm_train_backward(&x, &gamma, &mean, &variance, epsilon, &output_grad)
+            .or_else(|| {
+                batch_norm::batch_norm_train_backward(&x, &gamma, &mean, &variance, epsilon, &output_grad)
+            })
             .unwrap_or_else(|| {
                 batch_norm::default_batch_norm_train_backward(
                     x,
@@ -111,12 +117,10 @@ impl ModuleOps<Flex> for Flex {
         bias: Option<FloatTensor<Flex>>,
         options: ConvOptions<2>,
     ) -> FloatTensor<Flex> {
-        let (x, options) = pad_asymmetric_conv_input::<Flex, 2>(x, options);
-        if let Some(out) = depthwise::forward(&x, &weight, &bias, &options)
-            .or_else(|| conv_grad::strided_pointwise_forward(&x, &weight, &bias, &options))
-        {
+        if let Some(out) = channels_last::conv2d(&x, &weight, &bias, &options) {
             return out;
         }
+        let (x, options) = pad_asymmetric_conv_input::<Flex, 2>(x, options);
         match x.dtype() {
             DType::F32 => conv::conv2d_f32(x, weight, bias, &options),
             DType::F64 => conv::conv2d_f64(x, weight, bias, &options),
@@ -133,10 +137,7 @@ impl ModuleOps<Flex> for Flex {
         options: ConvOptions<2>,
     ) -> FloatTensor<Flex> {
         let x_shape = x.layout().shape().clone();
-        if let Some(grad) = depthwise::x_backward(&x_shape, &weight, &output_grad, &options)
-            .or_else(|| conv_grad::depthwise_x_backward(&x_shape, &weight, &output_grad, &options))
-            .or_else(|| conv_grad::pointwise_x_backward(&x_shape, &weight, &output_grad, &options))
-        {
+        if let Some(grad) = channels_last::conv2d_x_backward(&x_shape, &weight, &output_grad, &options) {
             return grad;
         }
         conv_grad::default_x_backward(x, weight, output_grad, options)
@@ -149,10 +150,7 @@ impl ModuleOps<Flex> for Flex {
         options: ConvOptions<2>,
     ) -> FloatTensor<Flex> {
         let w_shape = weight.layout().shape().clone();
-        if let Some(grad) = depthwise::weight_backward(&x, &w_shape, &output_grad, &options)
-            .or_else(|| conv_grad::depthwise_weight_backward(&x, &w_shape, &output_grad, &options))
-            .or_else(|| conv_grad::pointwise_weight_backward(&x, &w_shape, &output_grad, &options))
-        {
+        if let Some(grad) = channels_last::conv2d_weight_backward(&x, &w_shape, &output_grad, &options) {
             return grad;
         }
         conv_grad::default_weight_backward(x, weight, output_grad, options)
@@ -541,7 +539,10 @@ impl ModuleOps<Flex> for Flex {
         ceil_mode: bool,
     ) -> FloatTensor<Flex> {
         if let Some((values, _)) =
-            max_pool::max_pool2d(&x, kernel_size, stride, padding, dilation, ceil_mode, false)
+            channels_last::max_pool2d(&x, kernel_size, stride, padding, dilation, ceil_mode, None)
+                .or_else(|| {
+                    max_pool::max_pool2d(&x, kernel_size, stride, padding, dilation, ceil_mode, false)
+                })
         {
             return values;
         }
@@ -571,7 +572,19 @@ impl ModuleOps<Flex> for Flex {
         ceil_mode: bool,
         indices_dtype: IntDType,
     ) -> MaxPool2dWithIndices<Flex> {
-        let fast = max_pool::max_pool2d(&x, kernel_size, stride, padding, dilation, ceil_mode, true);
+        let fast =
+            channels_last::max_pool2d(
+                &x,
+                kernel_size,
+                stride,
+                padding,
+                dilation,
+                ceil_mode,
+                Some(DType::from(indices_dtype)),
+            )
+                .or_else(|| {
+                    max_pool::max_pool2d(&x, kernel_size, stride, padding, dilation, ceil_mode, true)
+                });
         let (output, mut indices) = match (fast, x.dtype()) {
             (Some((values, Some(indices))), _) => (values, indices),
             (_, DType::F32) => pool::max_pool2d_with_indices_f32(
@@ -624,6 +637,9 @@ impl ModuleOps<Flex> for Flex {
         output_grad: FloatTensor<Flex>,
         indices: IntTensor<Flex>,
     ) -> MaxPool2dBackward<Flex> {
+        if let Some(x_grad) = channels_last::max_pool2d_backward(&x, &output_grad, &indices) {
+            return MaxPool2dBackward::new(x_grad);
+        }
         let x_grad = match x.dtype() {
             DType::F32 => pool::max_pool2d_backward_f32(x, output_grad, indices),
             DType::F64 => pool::max_pool2d_backward_f64(x, output_grad, indices),
@@ -891,3 +907,4 @@ mod tests {
         assert_eq!(values, vec![3.0, 5.0, 7.0, 4.0]);
     }
 }
+

@@ -77,8 +77,11 @@ where
 {
     let n = tensor.layout().num_elements();
 
-    // In-place fast path: unique, contiguous tensor at offset 0
-    if tensor.is_unique() && tensor.layout().is_contiguous() && tensor.layout().start_offset() == 0
+    // In-place fast path: unique, contiguous tensor at offset 0, or (xception-burn's
+    // patch) a permutation of one, such as a channels-last activation
+    if tensor.is_unique()
+        && ((tensor.layout().is_contiguous() && tensor.layout().start_offset() == 0)
+            || tensor.layout().is_dense_permutation())
     {
         let storage: &mut [E] = tensor.storage_mut();
         for x in storage[..n].iter_mut() {
