@@ -754,8 +754,8 @@ pub fn conv2d_weight_backward(
 // ---------------------------------------------------------------------------------------
 // BatchNorm
 
-/// Per-channel sums over all pixels of `[rows, c]` data: `add(block, row_index)` adds one
-/// row to an f32 block, blocks of 64 rows add up in f64 (one accumulator per `outputs`).
+/// `N` per-channel sums over the rows of `[rows, c]` data: `add(blocks, row)` adds one row
+/// into `N` f32 accumulators, which are added up in f64 every 64 rows.
 fn channel_sums<const N: usize>(
     rows: usize,
     c: usize,
