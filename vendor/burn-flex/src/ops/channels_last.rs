@@ -26,7 +26,7 @@ use burn_backend::ops::{BatchNormTrain, BatchNormTrainBackward, ConvOptions};
 use burn_std::{Bytes, Shape};
 
 use crate::ops::batch_norm::{channel_tensor, per_channel};
-use crate::ops::conv_grad::{for_each_plane, gemm_f32, threads, worth_parallel};
+use crate::ops::conv_grad::{for_each_plane, gemm_f32, gemm_new_f32, threads, worth_parallel};
 use crate::{Flex, FlexTensor, Layout};
 
 // ---------------------------------------------------------------------------------------
@@ -380,57 +380,43 @@ impl Conv {
     fn pointwise_forward(&self, x: &[f32], w: &[f32]) -> Vec<f32> {
         let x = self.subsample(x);
         let (rows, c_in, c_out) = (self.batch * self.out_pixels(), self.c_in, self.c_out);
-        let mut out = vec![0.0f32; rows * c_out];
-        // SAFETY: x is [rows, c_in], w is [c_out, c_in] read transposed, out is [rows, c_out].
+        // SAFETY: x is [rows, c_in], w is [c_out, c_in] read transposed.
         unsafe {
-            gemm_f32(
+            gemm_new_f32(
                 [rows, c_out, c_in],
-                &mut out,
-                c_out,
-                false,
                 (&x, c_in, 1),
                 (w, 1, c_in),
                 worth_parallel(rows, c_out, c_in),
-            );
+            )
         }
-        out
     }
 
     fn pointwise_x_backward(&self, dy: &[f32], w: &[f32]) -> Vec<f32> {
         let (rows, c_in, c_out) = (self.batch * self.out_pixels(), self.c_in, self.c_out);
-        let mut dx = vec![0.0f32; rows * c_in];
-        // SAFETY: dy is [rows, c_out], w is [c_out, c_in], dx is [rows, c_in].
-        unsafe {
-            gemm_f32(
+        // SAFETY: dy is [rows, c_out], w is [c_out, c_in].
+        let dx = unsafe {
+            gemm_new_f32(
                 [rows, c_in, c_out],
-                &mut dx,
-                c_in,
-                false,
                 (dy, c_out, 1),
                 (w, c_in, 1),
                 worth_parallel(rows, c_in, c_out),
-            );
-        }
+            )
+        };
         self.spread(dx)
     }
 
     fn pointwise_weight_backward(&self, x: &[f32], dy: &[f32]) -> Vec<f32> {
         let x = self.subsample(x);
         let (rows, c_in, c_out) = (self.batch * self.out_pixels(), self.c_in, self.c_out);
-        let mut dw = vec![0.0f32; c_out * c_in];
-        // SAFETY: dy is [rows, c_out] read transposed, x is [rows, c_in], dw is [c_out, c_in].
+        // SAFETY: dy is [rows, c_out] read transposed, x is [rows, c_in].
         unsafe {
-            gemm_f32(
+            gemm_new_f32(
                 [c_out, c_in, rows],
-                &mut dw,
-                c_in,
-                false,
                 (dy, 1, c_out),
                 (&x, c_in, 1),
                 worth_parallel(c_out, c_in, rows),
-            );
+            )
         }
-        dw
     }
 
     // --- depthwise -----------------------------------------------------------------------

@@ -85,6 +85,61 @@ pub(crate) unsafe fn gemm_f32(
     }
 }
 
+/// `lhs * rhs` as a new row-major `m x n` vector, for f32 matrices given as in [gemm_f32].
+/// The vector is not zeroed first (on a memory-bound CPU that is a whole pass over the
+/// output): told not to read its destination, gemm writes every element without reading it
+/// on all its paths (its micro-kernels, gemv, and `k == 0`, where it writes zeros).
+///
+/// # Safety
+/// Every element the strides reach must lie inside the slices.
+pub(crate) unsafe fn gemm_new_f32(
+    [m, n, k]: [usize; 3],
+    (lhs, lhs_row_stride, lhs_col_stride): (&[f32], usize, usize),
+    (rhs, rhs_row_stride, rhs_col_stride): (&[f32], usize, usize),
+    parallel: bool,
+) -> Vec<f32> {
+    let len = m * n;
+    let mut out = Vec::<f32>::with_capacity(len);
+    #[cfg(feature = "rayon")]
+    let parallelism = if parallel {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    #[cfg(not(feature = "rayon"))]
+    let parallelism = {
+        let _ = parallel;
+        gemm::Parallelism::None
+    };
+    // SAFETY: `out` has room for `m x n` values, which gemm writes (without reading them)
+    // before the length is set; the caller guarantees the operands' strides.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.as_ptr(),
+            lhs_col_stride as isize,
+            lhs_row_stride as isize,
+            rhs.as_ptr(),
+            rhs_col_stride as isize,
+            rhs_row_stride as isize,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+        out.set_len(len);
+    }
+    out
+}
+
 /// Whether a product of this size is worth splitting over threads (flex's own threshold).
 pub(crate) fn worth_parallel(m: usize, n: usize, k: usize) -> bool {
     m.saturating_mul(n).saturating_mul(k) >= 192 * 192 * 192
