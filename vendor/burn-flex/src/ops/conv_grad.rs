@@ -33,6 +33,18 @@ pub(crate) fn for_each_plane(out: &mut [f32], chunk_len: usize, work: impl Fn(us
     }
 }
 
+/// gemm's threading: rayon's pool when `parallel` (and rayon is built in), else the caller's
+/// thread.
+fn parallelism(parallel: bool) -> gemm::Parallelism {
+    #[cfg(feature = "rayon")]
+    if parallel {
+        return gemm::Parallelism::Rayon(0);
+    }
+    #[cfg(not(feature = "rayon"))]
+    let _ = parallel;
+    gemm::Parallelism::None
+}
+
 /// `dst (+)= lhs * rhs` for f32 matrices given by their first element and (row, column)
 /// strides; `accumulate` adds to what `dst` holds instead of overwriting it.
 ///
@@ -48,17 +60,7 @@ pub(crate) unsafe fn gemm_f32(
     (rhs, rhs_row_stride, rhs_col_stride): (&[f32], usize, usize),
     parallel: bool,
 ) {
-    #[cfg(feature = "rayon")]
-    let parallelism = if parallel {
-        gemm::Parallelism::Rayon(0)
-    } else {
-        gemm::Parallelism::None
-    };
-    #[cfg(not(feature = "rayon"))]
-    let parallelism = {
-        let _ = parallel;
-        gemm::Parallelism::None
-    };
+    let parallelism = parallelism(parallel);
     // SAFETY: the caller guarantees the strides stay inside the slices.
     unsafe {
         gemm::gemm(
@@ -100,17 +102,7 @@ pub(crate) unsafe fn gemm_new_f32(
 ) -> Vec<f32> {
     let len = m * n;
     let mut out = Vec::<f32>::with_capacity(len);
-    #[cfg(feature = "rayon")]
-    let parallelism = if parallel {
-        gemm::Parallelism::Rayon(0)
-    } else {
-        gemm::Parallelism::None
-    };
-    #[cfg(not(feature = "rayon"))]
-    let parallelism = {
-        let _ = parallel;
-        gemm::Parallelism::None
-    };
+    let parallelism = parallelism(parallel);
     // SAFETY: `out` has room for `m x n` values, which gemm writes (without reading them)
     // before the length is set; the caller guarantees the operands' strides.
     unsafe {
