@@ -924,6 +924,19 @@ pub fn batch_norm_train_backward(
 // ---------------------------------------------------------------------------------------
 // Padding
 
+/// Copies the NHWC images `src` (`[batch, src_h, src_w, c]`) into the NHWC images `out`
+/// (`out_hw`, same batch and channels) with their top-left corner at `(top, left)`.
+fn paste(out: &mut [f32], out_hw: [usize; 2], src: &[f32], [src_h, src_w]: [usize; 2], c: usize, [top, left]: [usize; 2]) {
+    let [out_h, out_w] = out_hw;
+    for_each_plane(out, out_w * c, |row, dst| {
+        let (b, y) = (row / out_h, row % out_h);
+        if (top..top + src_h).contains(&y) {
+            let at = (b * src_h + y - top) * src_w * c;
+            dst[left * c..(left + src_w) * c].copy_from_slice(&src[at..at + src_w * c]);
+        }
+    });
+}
+
 /// A channels-last f32 tensor padded along its height and width with `value`, still
 /// channels-last; `None` for other tensors or when the batch or channels are padded.
 pub fn pad(tensor: &FlexTensor, padding: &[(usize, usize)], value: f32) -> Option<FlexTensor> {
@@ -935,13 +948,7 @@ pub fn pad(tensor: &FlexTensor, padding: &[(usize, usize)], value: f32) -> Optio
     let (out_h, out_w) = (h + top + bottom, w + left + right);
     let x = nhwc_data(tensor);
     let mut out = vec![value; n * out_h * out_w * c];
-    for_each_plane(&mut out, out_w * c, |row, dst| {
-        let (b, y) = (row / out_h, row % out_h);
-        if (top..top + h).contains(&y) {
-            let src = (b * h + y - top) * w * c;
-            dst[left * c..(left + w) * c].copy_from_slice(&x[src..src + w * c]);
-        }
-    });
+    paste(&mut out, [out_h, out_w], &x, [h, w], c, [top, left]);
     Some(channels_last_tensor(out, [n, c, out_h, out_w]))
 }
 
@@ -964,16 +971,9 @@ pub fn slice_assign(tensor: &FlexTensor, slices: &[burn_std::Slice], value: &Fle
     if ranges[0] != (0..n) || ranges[1] != (0..c) || ranges[2].len() != value_h || ranges[3].len() != value_w {
         return None;
     }
-    let (rows, left) = (ranges[2].clone(), ranges[3].start);
-    let src = nhwc_data(value);
     let mut out = nhwc_data(tensor).into_owned();
-    for_each_plane(&mut out, w * c, |row, dst| {
-        let (b, y) = (row / h, row % h);
-        if rows.contains(&y) {
-            let at = (b * value_h + y - rows.start) * value_w * c;
-            dst[left * c..(left + value_w) * c].copy_from_slice(&src[at..at + value_w * c]);
-        }
-    });
+    let corner = [ranges[2].start, ranges[3].start];
+    paste(&mut out, [h, w], &nhwc_data(value), [value_h, value_w], c, corner);
     Some(channels_last_tensor(out, dims))
 }
 
