@@ -1,7 +1,8 @@
 //! `xception bench`: throughput measurements, written to a file for docs/benchmarks.md.
 //!
-//! For now it measures the data pipeline (decode, random resized crop, flip, normalise,
-//! batch) on photo-like JPEGs, with 1 and 2 worker threads.
+//! Three targets: the data pipeline (decode, random resized crop, flip, normalise, batch) on
+//! photo-like JPEGs with 1 and 2 worker threads; inference; and the full training step, with
+//! the median time of its forward, backward and update parts.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -225,8 +226,29 @@ pub struct TrainStepResult {
     pub images_per_second: f64,
     /// Every timed step, seconds.
     pub seconds: Vec<f64>,
+    /// Median seconds of each part of a step, in order: forward (with the loss, read back),
+    /// backward (with the gradients gathered per parameter), update (the optimizer, then a
+    /// device sync).
+    pub phases: StepPhases,
     /// Peak resident memory of the process during the timed steps (Linux), MiB.
     pub peak_rss_mib: Option<f64>,
+}
+
+/// Median seconds of the parts of a training step.
+#[derive(Debug, Default, Serialize)]
+pub struct StepPhases {
+    /// Forward pass and loss, until the loss is read back.
+    pub forward: f64,
+    /// Backward pass and the per-parameter gradient sums.
+    pub backward: f64,
+    /// Optimizer update and device sync.
+    pub update: f64,
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// Peak resident set size of this process so far (Linux `VmHWM`), MiB.
@@ -270,7 +292,7 @@ pub fn train_step(
     );
     let labels: Vec<i64> = (0..batch as i64).map(|i| (i * 37) % 1000).collect();
     let labels = Tensor::<1, Int>::from_data(TensorData::new(labels, [batch]), &train_device);
-    let mut step = || -> Result<f64> {
+    let mut step = || -> Result<[f64; 3]> {
         let started = Instant::now();
         let current = model.take().ok_or_else(|| anyhow::anyhow!("model lost"))?;
         let logits = current.forward(images.clone());
@@ -279,33 +301,45 @@ pub fn train_step(
         if !value.is_finite() {
             bail!("the training step on {device} produced a non-finite loss");
         }
+        let forward_done = Instant::now();
         let mut sum = GradientSum::default();
         sum.add(
             &current,
             GradientsParams::from_grads(loss.backward(), &current),
         );
         let (grads, _) = sum.finish(None);
+        let backward_done = Instant::now();
         model = Some(optimizer.step(current, grads, 0.045));
         base.sync()
             .map_err(|e| anyhow::anyhow!("device sync failed: {e:?}"))?;
-        Ok(started.elapsed().as_secs_f64())
+        let done = Instant::now();
+        Ok([
+            (forward_done - started).as_secs_f64(),
+            (backward_done - forward_done).as_secs_f64(),
+            (done - backward_done).as_secs_f64(),
+        ])
     };
     for _ in 0..warmup {
         step()?;
     }
     // Linux: "5" resets the peak resident size, so the peak is that of the timed steps.
     let _ = std::fs::write("/proc/self/clear_refs", "5");
-    let seconds = (0..repeats.max(1))
+    let parts = (0..repeats.max(1))
         .map(|_| step())
         .collect::<Result<Vec<_>>>()?;
-    let mut sorted = seconds.clone();
-    sorted.sort_by(f64::total_cmp);
+    let seconds: Vec<f64> = parts.iter().map(|p| p.iter().sum()).collect();
+    let phase = |i: usize| median(&parts.iter().map(|p| p[i]).collect::<Vec<_>>());
     Ok(TrainStepResult {
         device: device.to_string(),
         batch,
         size,
-        images_per_second: batch as f64 / sorted[sorted.len() / 2],
+        images_per_second: batch as f64 / median(&seconds),
         seconds,
+        phases: StepPhases {
+            forward: phase(0),
+            backward: phase(1),
+            update: phase(2),
+        },
         peak_rss_mib: peak_rss_mib(),
     })
 }

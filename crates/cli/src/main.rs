@@ -416,6 +416,11 @@ fn run(command: Command) -> Result<ExitCode> {
                 let memory = result
                     .peak_rss_mib
                     .map_or(String::new(), |m| format!(", peak memory {m:.0} MiB"));
+                let phases = &result.phases;
+                let memory = format!(
+                    "{memory} (median s: forward {:.3}, backward {:.3}, update {:.3})",
+                    phases.forward, phases.backward, phases.update
+                );
                 let summary = rate_line(
                     "training step",
                     &result.device,
