@@ -120,6 +120,10 @@ fn depthwise_gradients_match_the_reference() {
         (3, 17, (10, 10), 2),
         (2, 19, (11, 8), 2),
         (2, 8, (1, 1), 1),
+        // Whole blocks of 64 channels, and whole blocks with a tail.
+        (1, 64, (5, 5), 1),
+        (1, 130, (7, 6), 1),
+        (2, 70, (6, 5), 2),
     ] {
         check(batch, channels, channels, channels, 3, size, stride);
     }
@@ -293,6 +297,8 @@ fn max_pool_matches_the_reference() {
         (same(), [1, 3, 8, 10]),
         (same(), [3, 17, 19, 19]),
         (same(), [2, 2, 1, 2]),
+        (same(), [1, 128, 6, 6]),
+        (same(), [2, 70, 9, 8]),
         (
             MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init(),
             [2, 3, 7, 6],
@@ -395,9 +401,12 @@ fn run_chain(device: &Device, x: &TensorData, parameters: [&TensorData; 6]) -> [
 
 #[test]
 fn channels_last_activations_match_the_reference() {
-    for (batch, c_in, channels, (h, w)) in
-        [(2, 5, 12, (8, 10)), (1, 3, 17, (9, 9)), (3, 4, 6, (6, 7))]
-    {
+    for (batch, c_in, channels, (h, w)) in [
+        (2, 5, 12, (8, 10)),
+        (1, 3, 17, (9, 9)),
+        (3, 4, 6, (6, 7)),
+        (1, 3, 72, (6, 7)),
+    ] {
         let x = random([batch, c_in, h, w], 11);
         let (out_h, out_w) = (h.div_ceil(2), w.div_ceil(2));
         let data = [

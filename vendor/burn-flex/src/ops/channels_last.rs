@@ -19,6 +19,7 @@
 use alloc::borrow::Cow;
 use alloc::vec;
 use alloc::vec::Vec;
+use core::mem::MaybeUninit;
 use core::ops::Range;
 
 use burn_backend::DType;
@@ -62,6 +63,20 @@ fn channels_last_tensor(data: Vec<f32>, dims: [usize; 4]) -> FlexTensor {
     FlexTensor::new(Bytes::from_elems(data), layout, DType::F32)
 }
 
+/// A vector of `len` values that `fill` writes, without zeroing the memory first: on these
+/// memory-bound loops zeroing is one more pass over the output (and `calloc` cannot skip it
+/// for the recycled memory the `xception` binary keeps).
+///
+/// # Safety
+/// `fill` must write every element of the slice it is given.
+unsafe fn written<T>(len: usize, fill: impl FnOnce(&mut [MaybeUninit<T>])) -> Vec<T> {
+    let mut out = Vec::with_capacity(len);
+    fill(&mut out.spare_capacity_mut()[..len]);
+    // SAFETY: the caller guarantees that `fill` initialised all `len` values.
+    unsafe { out.set_len(len) };
+    out
+}
+
 /// A 4-D f32 tensor's elements in NHWC order: its storage when it is channels-last, a copy
 /// otherwise.
 fn nhwc_data(tensor: &FlexTensor) -> Cow<'_, [f32]> {
@@ -73,22 +88,26 @@ fn nhwc_data(tensor: &FlexTensor) -> Cow<'_, [f32]> {
         return Cow::Borrowed(&src[..count]);
     }
     let [_, c, h, w] = dims;
-    let mut out = vec![0.0f32; count];
     if count == 0 {
-        return Cow::Owned(out);
+        return Cow::Owned(Vec::new());
     }
     let s: Vec<isize> = layout.strides().to_vec();
     let offset = layout.start_offset() as isize;
-    for_each_plane(&mut out, w * c, |row, dst| {
-        let (b, y) = ((row / h) as isize, (row % h) as isize);
-        let base = offset + b * s[0] + y * s[2];
-        for (x, pixel) in dst.chunks_exact_mut(c).enumerate() {
-            let at = base + x as isize * s[3];
-            for (ch, value) in pixel.iter_mut().enumerate() {
-                *value = src[(at + ch as isize * s[1]) as usize];
-            }
-        }
-    });
+    // SAFETY: every pixel of every row is written.
+    let out = unsafe {
+        written(count, |out| {
+            for_each_plane(out, w * c, |row, dst| {
+                let (b, y) = ((row / h) as isize, (row % h) as isize);
+                let base = offset + b * s[0] + y * s[2];
+                for (x, pixel) in dst.chunks_exact_mut(c).enumerate() {
+                    let at = base + x as isize * s[3];
+                    for (ch, value) in pixel.iter_mut().enumerate() {
+                        value.write(src[(at + ch as isize * s[1]) as usize]);
+                    }
+                }
+            })
+        })
+    };
     Cow::Owned(out)
 }
 
@@ -122,18 +141,63 @@ fn rows_per_task(rows: usize) -> usize {
 // ---------------------------------------------------------------------------------------
 // Vector loops (compiled for AVX-512, AVX2+FMA and the baseline; see `multiversion!`)
 
+/// Channels per block of the per-pixel loops below: four AVX-512 vectors of independent
+/// sums, held in registers across a kernel's taps (each tap read-modify-writing the output
+/// in memory made the depthwise convolution bound by loads and stores).
+const BLOCK: usize = 64;
+
+/// Channel blocks of `0..c`: `(start, len)`, `len == BLOCK` but for the last.
+fn channel_blocks(c: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..c).step_by(BLOCK).map(move |start| (start, BLOCK.min(c - start)))
+}
+
+/// `out[..n] = sum over taps t of pixels[t][start..][..n] * weights[t][start..][..n]`.
+/// Inlined with `n == BLOCK` known, the sums stay in registers.
+#[inline(always)]
+fn weighted_sum_block(out: &mut [MaybeUninit<f32>], pixels: &[&[f32]], weights: &[&[f32]], start: usize, n: usize) {
+    let mut acc = [0.0f32; BLOCK];
+    let acc = &mut acc[..n];
+    for (pixel, weight) in pixels.iter().zip(weights) {
+        let (pixel, weight) = (&pixel[start..start + n], &weight[start..start + n]);
+        for i in 0..n {
+            acc[i] += pixel[i] * weight[i];
+        }
+    }
+    for (o, &a) in out[..n].iter_mut().zip(acc.iter()) {
+        o.write(a);
+    }
+}
+
 multiversion! {
-    /// For `count` pixels `p`, `dst[p * dst_step..][..c] += src[p * src_step..][..c] * tap`
-    /// with `c = tap.len()`: one tap of a depthwise kernel along a row.
-    fn mul_add_pixels(dst: &mut [f32], dst_step: usize, src: &[f32], src_step: usize, tap: &[f32], count: usize) {
-        let c = tap.len();
-        for p in 0..count {
-            let d = &mut dst[p * dst_step..p * dst_step + c];
-            let s = &src[p * src_step..p * src_step + c];
-            for ((o, &a), &t) in d.iter_mut().zip(s).zip(tap) {
-                *o += a * t;
+    /// One pixel of a depthwise convolution or of its input gradient: for each channel,
+    /// `out = sum over taps t of pixels[t] * weights[t]` (the taps that fall inside the
+    /// image, in kernel order).
+    fn weighted_sum(out: &mut [MaybeUninit<f32>], pixels: &[&[f32]], weights: &[&[f32]]) {
+        for (start, n) in channel_blocks(out.len()) {
+            let out = &mut out[start..start + n];
+            if n == BLOCK {
+                weighted_sum_block(out, pixels, weights, start, BLOCK);
+            } else {
+                weighted_sum_block(out, pixels, weights, start, n);
             }
         }
+    }
+}
+
+/// `acc[..n] += sum over p < count of a[p * a_step + start..][..n] * b[p * b_step + start..][..n]`.
+#[inline(always)]
+fn dot_pixels_block(acc: &mut [f32], a: &[f32], a_step: usize, b: &[f32], b_step: usize, count: usize, start: usize, n: usize) {
+    let mut sum = [0.0f32; BLOCK];
+    let sum = &mut sum[..n];
+    for p in 0..count {
+        let a = &a[p * a_step + start..p * a_step + start + n];
+        let b = &b[p * b_step + start..p * b_step + start + n];
+        for i in 0..n {
+            sum[i] += a[i] * b[i];
+        }
+    }
+    for (o, &s) in acc[..n].iter_mut().zip(sum.iter()) {
+        *o += s;
     }
 }
 
@@ -141,12 +205,12 @@ multiversion! {
     /// `acc += sum over p < count of a[p * a_step..][..c] * b[p * b_step..][..c]` with
     /// `c = acc.len()`: one tap's weight gradient along a row.
     fn dot_pixels(acc: &mut [f32], a: &[f32], a_step: usize, b: &[f32], b_step: usize, count: usize) {
-        let c = acc.len();
-        for p in 0..count {
-            let a = &a[p * a_step..p * a_step + c];
-            let b = &b[p * b_step..p * b_step + c];
-            for ((o, &a), &b) in acc.iter_mut().zip(a).zip(b) {
-                *o += a * b;
+        for (start, n) in channel_blocks(acc.len()) {
+            let acc = &mut acc[start..start + n];
+            if n == BLOCK {
+                dot_pixels_block(acc, a, a_step, b, b_step, count, start, BLOCK);
+            } else {
+                dot_pixels_block(acc, a, a_step, b, b_step, count, start, n);
             }
         }
     }
@@ -193,11 +257,11 @@ multiversion! {
 
 multiversion! {
     /// `out = scale * (a - offset) + shift`, per channel.
-    fn affine(out: &mut [f32], a: &[f32], scale: &[f32], offset: &[f32], shift: &[f32]) {
+    fn affine(out: &mut [MaybeUninit<f32>], a: &[f32], scale: &[f32], offset: &[f32], shift: &[f32]) {
         let n = out.len();
         let (a, scale, offset, shift) = (&a[..n], &scale[..n], &offset[..n], &shift[..n]);
         for i in 0..n {
-            out[i] = scale[i] * (a[i] - offset[i]) + shift[i];
+            out[i].write(scale[i] * (a[i] - offset[i]) + shift[i]);
         }
     }
 }
@@ -205,7 +269,7 @@ multiversion! {
 multiversion! {
     /// `out = a_scale * a + b_scale * (b - b_offset) + shift`, per channel.
     fn affine2(
-        out: &mut [f32],
+        out: &mut [MaybeUninit<f32>],
         a: &[f32],
         b: &[f32],
         a_scale: &[f32],
@@ -217,7 +281,7 @@ multiversion! {
         let (a, b) = (&a[..n], &b[..n]);
         let (a_scale, b_scale, b_offset, shift) = (&a_scale[..n], &b_scale[..n], &b_offset[..n], &shift[..n]);
         for i in 0..n {
-            out[i] = a_scale[i] * a[i] + b_scale[i] * (b[i] - b_offset[i]) + shift[i];
+            out[i].write(a_scale[i] * a[i] + b_scale[i] * (b[i] - b_offset[i]) + shift[i]);
         }
     }
 }
@@ -343,15 +407,19 @@ impl Conv {
             return Cow::Borrowed(x);
         }
         let ([h, w], [oh, ow], c) = (self.in_hw, self.out_hw, self.c_in);
-        let mut out = vec![0.0f32; self.batch * oh * ow * c];
-        for_each_plane(&mut out, ow * c, |row, dst| {
-            let (b, oy) = (row / oh, row % oh);
-            let src_row = (b * h + oy * self.stride[0]) * w * c;
-            for (ox, pixel) in dst.chunks_exact_mut(c).enumerate() {
-                let at = src_row + ox * self.stride[1] * c;
-                pixel.copy_from_slice(&x[at..at + c]);
-            }
-        });
+        // SAFETY: every pixel of every output row is written.
+        let out = unsafe {
+            written(self.batch * oh * ow * c, |out| {
+                for_each_plane(out, ow * c, |row, dst| {
+                    let (b, oy) = (row / oh, row % oh);
+                    let src_row = (b * h + oy * self.stride[0]) * w * c;
+                    for (ox, pixel) in dst.chunks_exact_mut(c).enumerate() {
+                        let at = src_row + ox * self.stride[1] * c;
+                        pixel.write_copy_of_slice(&x[at..at + c]);
+                    }
+                })
+            })
+        };
         Cow::Owned(out)
     }
 
@@ -429,48 +497,64 @@ impl Conv {
             .collect()
     }
 
+    /// `y[o] = sum over taps t inside the image of x[at(o, t)] * w[t]`, per channel, one
+    /// output pixel at a time.
     fn depthwise_forward(&self, x: &[f32], w: &[f32]) -> Vec<f32> {
         let taps = self.tap_major(w);
         let ([h, w_in], [oh, ow], [kh, kw], c) = (self.in_hw, self.out_hw, self.kernel, self.c_in);
-        let mut out = vec![0.0f32; self.batch * oh * ow * c];
-        for_each_plane(&mut out, ow * c, |row, dst| {
-            let (b, oy) = (row / oh, row % oh);
-            for i in 0..kh {
-                let Some(iy) = self.input_at(0, oy, i) else { continue };
-                let x_row = &x[(b * h + iy) * w_in * c..(b * h + iy + 1) * w_in * c];
-                for j in 0..kw {
-                    let tap = &taps[(i * kw + j) * c..(i * kw + j + 1) * c];
-                    let cols = self.out_range(1, j);
-                    if let Some(ix) = self.input_at(1, cols.start, j) {
-                        let step = self.stride[1] * c;
-                        mul_add_pixels(&mut dst[cols.start * c..], c, &x_row[ix * c..], step, tap, cols.len());
+        // SAFETY: `weighted_sum` writes every channel of every output pixel.
+        unsafe {
+            written(self.batch * oh * ow * c, |out| {
+                for_each_plane(out, ow * c, |row, dst| {
+                    let (b, oy) = (row / oh, row % oh);
+                    let (mut pixels, mut weights) = (Vec::with_capacity(kh * kw), Vec::with_capacity(kh * kw));
+                    for (ox, pixel_out) in dst.chunks_exact_mut(c).enumerate() {
+                        pixels.clear();
+                        weights.clear();
+                        for i in 0..kh {
+                            let Some(iy) = self.input_at(0, oy, i) else { continue };
+                            for j in 0..kw {
+                                let Some(ix) = self.input_at(1, ox, j) else { continue };
+                                let at = ((b * h + iy) * w_in + ix) * c;
+                                pixels.push(&x[at..at + c]);
+                                weights.push(&taps[(i * kw + j) * c..(i * kw + j + 1) * c]);
+                            }
+                        }
+                        weighted_sum(pixel_out, &pixels, &weights);
                     }
-                }
-            }
-        });
-        out
+                })
+            })
+        }
     }
 
+    /// `dx[i] = sum over taps t whose output reads i of dy[o(i, t)] * w[t]`, per channel, one
+    /// input pixel at a time (a gather: no output is summed into twice).
     fn depthwise_x_backward(&self, dy: &[f32], w: &[f32]) -> Vec<f32> {
         let taps = self.tap_major(w);
         let ([h, w_in], [oh, ow], [kh, kw], c) = (self.in_hw, self.out_hw, self.kernel, self.c_in);
-        let mut dx = vec![0.0f32; self.batch * h * w_in * c];
-        for_each_plane(&mut dx, w_in * c, |row, dst| {
-            let (b, iy) = (row / h, row % h);
-            for i in 0..kh {
-                let Some(oy) = self.output_at(0, iy, i) else { continue };
-                let dy_row = &dy[(b * oh + oy) * ow * c..(b * oh + oy + 1) * ow * c];
-                for j in 0..kw {
-                    let tap = &taps[(i * kw + j) * c..(i * kw + j + 1) * c];
-                    let cols = self.out_range(1, j);
-                    if let Some(ix) = self.input_at(1, cols.start, j) {
-                        let step = self.stride[1] * c;
-                        mul_add_pixels(&mut dst[ix * c..], step, &dy_row[cols.start * c..], c, tap, cols.len());
+        // SAFETY: `weighted_sum` writes every channel of every input pixel.
+        unsafe {
+            written(self.batch * h * w_in * c, |dx| {
+                for_each_plane(dx, w_in * c, |row, dst| {
+                    let (b, iy) = (row / h, row % h);
+                    let (mut pixels, mut weights) = (Vec::with_capacity(kh * kw), Vec::with_capacity(kh * kw));
+                    for (ix, pixel_out) in dst.chunks_exact_mut(c).enumerate() {
+                        pixels.clear();
+                        weights.clear();
+                        for i in 0..kh {
+                            let Some(oy) = self.output_at(0, iy, i) else { continue };
+                            for j in 0..kw {
+                                let Some(ox) = self.output_at(1, ix, j) else { continue };
+                                let at = ((b * oh + oy) * ow + ox) * c;
+                                pixels.push(&dy[at..at + c]);
+                                weights.push(&taps[(i * kw + j) * c..(i * kw + j + 1) * c]);
+                            }
+                        }
+                        weighted_sum(pixel_out, &pixels, &weights);
                     }
-                }
-            }
-        });
-        dx
+                })
+            })
+        }
     }
 
     /// Per tap and channel, `sum dy * x` over the batch: f32 within an output row, f64
@@ -785,20 +869,24 @@ struct Coefficients {
 fn write_affine(dims: [usize; 4], a: &[f32], b: Option<&[f32]>, k: &Coefficients) -> FlexTensor {
     let c = dims[1];
     let rows = a.len() / c;
-    let mut out = vec![0.0f32; a.len()];
     let chunk_rows = rows_per_task(rows);
-    for_each_plane(&mut out, chunk_rows * c, |task, dst| {
-        let start = task * chunk_rows * c;
-        for (r, row) in dst.chunks_exact_mut(c).enumerate() {
-            let at = start + r * c;
-            let a_row = &a[at..at + c];
-            match b {
-                // a_scale * (a - 0) is written as affine2's a_scale * a (offset zero).
-                Some(b) => affine2(row, a_row, &b[at..at + c], &k.scale, &k.b_scale, &k.b_offset, &k.shift),
-                None => affine(row, a_row, &k.scale, &k.offset, &k.shift),
-            }
-        }
-    });
+    // SAFETY: `affine` and `affine2` write every value of each row (and `a` is whole rows).
+    let out = unsafe {
+        written(a.len(), |out| {
+            for_each_plane(out, chunk_rows * c, |task, dst| {
+                let start = task * chunk_rows * c;
+                for (r, row) in dst.chunks_exact_mut(c).enumerate() {
+                    let at = start + r * c;
+                    let a_row = &a[at..at + c];
+                    match b {
+                        // a_scale * (a - 0) is written as affine2's a_scale * a (offset zero).
+                        Some(b) => affine2(row, a_row, &b[at..at + c], &k.scale, &k.b_scale, &k.b_offset, &k.shift),
+                        None => affine(row, a_row, &k.scale, &k.offset, &k.shift),
+                    }
+                }
+            })
+        })
+    };
     channels_last_tensor(out, dims)
 }
 
@@ -1015,96 +1103,124 @@ pub fn max_pool2d(
         start..end
     };
     let data = nhwc_data(x);
-    let mut values = vec![0.0f32; batch * oh * ow * c];
-    let index_dtype = indices;
-    let mut indices = vec![0i64; if with_indices { values.len() } else { 0 }];
-    let pool_row = |row: usize, values: &mut [f32], indices: &mut [i64]| {
-        let (b, oy) = (row / oh, row % oh);
-        let rows = window(0, oy);
-        for ox in 0..ow {
-            let cols = window(1, ox);
-            let best = &mut values[ox * c..(ox + 1) * c];
-            let mut first = true;
-            for iy in rows.clone() {
-                for ix in cols.clone() {
-                    let at = ((b * h + iy) * w + ix) * c;
-                    let pixel = &data[at..at + c];
-                    let position = (iy * w + ix) as i64;
-                    match (with_indices, first) {
-                        (_, true) => {
-                            best.copy_from_slice(pixel);
-                            if with_indices {
-                                indices[ox * c..(ox + 1) * c].fill(position);
-                            }
-                        }
-                        (true, false) => {
-                            max_with_index(best, &mut indices[ox * c..(ox + 1) * c], pixel, position)
-                        }
-                        (false, false) => max_assign(best, pixel),
+    let len = batch * oh * ow * c;
+    // Positions fit in i32 (`h * w` values of one plane); Burn asks for I32 here, I64 is
+    // widened afterwards.
+    let (mut values, mut positions) = (Vec::<f32>::with_capacity(len), Vec::<i32>::with_capacity(if with_indices { len } else { 0 }));
+    {
+        let values = &mut values.spare_capacity_mut()[..len];
+        let positions = &mut positions.spare_capacity_mut()[..if with_indices { len } else { 0 }];
+        let pool_row = |row: usize, values: &mut [MaybeUninit<f32>], positions: &mut [MaybeUninit<i32>]| {
+            let (b, oy) = (row / oh, row % oh);
+            let (mut pixels, mut at) = (Vec::new(), Vec::new());
+            for ox in 0..ow {
+                pixels.clear();
+                at.clear();
+                for iy in window(0, oy) {
+                    for ix in window(1, ox) {
+                        let start = ((b * h + iy) * w + ix) * c;
+                        pixels.push(&data[start..start + c]);
+                        at.push((iy * w + ix) as i32);
                     }
-                    first = false;
+                }
+                let positions = if with_indices { &mut positions[ox * c..(ox + 1) * c] } else { &mut [] };
+                max_pixel(&mut values[ox * c..(ox + 1) * c], positions, &pixels, &at);
+            }
+        };
+        #[cfg(feature = "rayon")]
+        {
+            use rayon::prelude::*;
+            if with_indices {
+                values
+                    .par_chunks_mut(ow * c)
+                    .zip(positions.par_chunks_mut(ow * c))
+                    .enumerate()
+                    .for_each(|(row, (values, positions))| pool_row(row, values, positions));
+            } else {
+                values
+                    .par_chunks_mut(ow * c)
+                    .enumerate()
+                    .for_each(|(row, values)| pool_row(row, values, &mut []));
+            }
+        }
+        #[cfg(not(feature = "rayon"))]
+        {
+            for row in 0..batch * oh {
+                let values = &mut values[row * ow * c..(row + 1) * ow * c];
+                if with_indices {
+                    pool_row(row, values, &mut positions[row * ow * c..(row + 1) * ow * c]);
+                } else {
+                    pool_row(row, values, &mut []);
                 }
             }
         }
-    };
-    #[cfg(feature = "rayon")]
-    {
-        use rayon::prelude::*;
-        if with_indices {
-            values
-                .par_chunks_mut(ow * c)
-                .zip(indices.par_chunks_mut(ow * c))
-                .enumerate()
-                .for_each(|(row, (values, indices))| pool_row(row, values, indices));
-        } else {
-            values
-                .par_chunks_mut(ow * c)
-                .enumerate()
-                .for_each(|(row, values)| pool_row(row, values, &mut []));
-        }
     }
-    #[cfg(not(feature = "rayon"))]
-    {
-        for row in 0..batch * oh {
-            let values = &mut values[row * ow * c..(row + 1) * ow * c];
-            if with_indices {
-                pool_row(row, values, &mut indices[row * ow * c..(row + 1) * ow * c]);
-            } else {
-                pool_row(row, values, &mut []);
-            }
-        }
+    // SAFETY: `max_pixel` wrote every channel of every output pixel (and of its position when
+    // asked for): each window holds at least one pixel (`padding < kernel` was checked).
+    unsafe {
+        values.set_len(len);
+        positions.set_len(if with_indices { len } else { 0 });
     }
     let out_dims = [dims[0], c, oh, ow];
-    let indices = index_dtype.map(|dtype| {
+    let indices = indices.map(|dtype| {
         let layout = Layout::new(Shape::from(out_dims.to_vec()), nhwc_strides(out_dims), 0);
         let bytes = match dtype {
-            DType::I32 => Bytes::from_elems(indices.iter().map(|&i| i as i32).collect::<Vec<_>>()),
-            _ => Bytes::from_elems(indices),
+            DType::I32 => Bytes::from_elems(positions),
+            _ => Bytes::from_elems(positions.into_iter().map(i64::from).collect::<Vec<_>>()),
         };
         FlexTensor::new(bytes, layout, dtype)
     });
     Some((channels_last_tensor(values, out_dims), indices))
 }
 
-multiversion! {
-    fn max_assign(best: &mut [f32], x: &[f32]) {
-        for (b, &v) in best.iter_mut().zip(x) {
-            if v > *b || v.is_nan() {
-                *b = v;
-            }
+/// The maximum over `pixels` of channels `start..start + n`, and where it is: the first
+/// pixel holding it (a NaN wins, as in Burn's reference).
+#[inline(always)]
+fn max_pixel_block(
+    values: &mut [MaybeUninit<f32>],
+    positions: &mut [MaybeUninit<i32>],
+    pixels: &[&[f32]],
+    at: &[i32],
+    start: usize,
+    n: usize,
+) {
+    let (mut best, mut best_at) = ([f32::NEG_INFINITY; BLOCK], [0i32; BLOCK]);
+    let (best, best_at) = (&mut best[..n], &mut best_at[..n]);
+    if let (Some(first), Some(&first_at)) = (pixels.first(), at.first()) {
+        best.copy_from_slice(&first[start..start + n]);
+        best_at.fill(first_at);
+    }
+    for (pixel, &position) in pixels.iter().zip(at).skip(1) {
+        let pixel = &pixel[start..start + n];
+        for i in 0..n {
+            let v = pixel[i];
+            let take = v > best[i] || v.is_nan();
+            best[i] = if take { v } else { best[i] };
+            best_at[i] = if take { position } else { best_at[i] };
+        }
+    }
+    for (o, &v) in values[..n].iter_mut().zip(best.iter()) {
+        o.write(v);
+    }
+    if !positions.is_empty() {
+        for (o, &p) in positions[..n].iter_mut().zip(best_at.iter()) {
+            o.write(p);
         }
     }
 }
 
 multiversion! {
-    fn max_with_index(best: &mut [f32], index: &mut [i64], x: &[f32], position: i64) {
-        let n = best.len();
-        let (index, x) = (&mut index[..n], &x[..n]);
-        for i in 0..n {
-            let v = x[i];
-            let take = v > best[i] || v.is_nan();
-            best[i] = if take { v } else { best[i] };
-            index[i] = if take { position } else { index[i] };
+    /// One output pixel of a max-pool: per channel, the maximum over the window's `pixels`
+    /// into `values` and, unless `positions` is empty, the position (`at`) it came from.
+    fn max_pixel(values: &mut [MaybeUninit<f32>], positions: &mut [MaybeUninit<i32>], pixels: &[&[f32]], at: &[i32]) {
+        for (start, n) in channel_blocks(values.len()) {
+            let positions = if positions.is_empty() { &mut [] } else { &mut positions[start..start + n] };
+            let values = &mut values[start..start + n];
+            if n == BLOCK {
+                max_pixel_block(values, positions, pixels, at, start, BLOCK);
+            } else {
+                max_pixel_block(values, positions, pixels, at, start, n);
+            }
         }
     }
 }

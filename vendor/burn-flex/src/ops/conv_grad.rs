@@ -14,7 +14,7 @@ use burn_std::Slice;
 use crate::{Flex, FlexTensor};
 
 /// Calls `work(i, chunk)` for each `chunk_len`-long chunk of `out`, in parallel with rayon.
-pub(crate) fn for_each_plane(out: &mut [f32], chunk_len: usize, work: impl Fn(usize, &mut [f32]) + Sync) {
+pub(crate) fn for_each_plane<T: Send>(out: &mut [T], chunk_len: usize, work: impl Fn(usize, &mut [T]) + Sync) {
     if chunk_len == 0 {
         return;
     }
