@@ -390,16 +390,13 @@ impl Update<'_> {
                     epsilon,
                     decay,
                 };
-                let (mean_square, previous) = if slots.len() == 2 {
+                let (mut mean_square, mut previous) = if slots.len() == 2 {
                     let previous = slots.pop();
                     (slots.remove(0), previous)
                 } else {
                     // TensorFlow 1 starts the mean square at 1.
-                    let ones = weights.like_filled(1.0);
-                    (ones, None)
+                    (weights.like_filled(1.0), None)
                 };
-                let mut mean_square = mean_square;
-                let mut previous = previous;
                 rule.apply(
                     weights.slice_mut(),
                     grad.slice_mut(),
