@@ -202,13 +202,11 @@ pub fn inference(
     let seconds = (0..repeats.max(1))
         .map(|_| run())
         .collect::<Result<Vec<_>>>()?;
-    let mut sorted = seconds.clone();
-    sorted.sort_by(f64::total_cmp);
     Ok(ModelResult {
         device: device.to_string(),
         batch,
         size,
-        images_per_second: batch as f64 / sorted[sorted.len() / 2],
+        images_per_second: batch as f64 / median(&seconds),
         seconds,
     })
 }
@@ -234,7 +232,9 @@ pub struct TrainStepResult {
     pub peak_rss_mib: Option<f64>,
 }
 
-/// Median seconds of the parts of a training step.
+/// Median seconds of the parts of a training step. On the CPU devices each part has finished
+/// when its time is taken; on wgpu, which queues work, the loss read ends the forward part
+/// but backward work may still run during the update's final sync.
 #[derive(Debug, Default, Serialize)]
 pub struct StepPhases {
     /// Forward pass and loss, until the loss is read back.
