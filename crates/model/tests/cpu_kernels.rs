@@ -55,6 +55,24 @@ fn difference(ours: &[f32], theirs: &[f32]) -> (f32, f32) {
     (worst, scale)
 }
 
+/// Asserts that each of `ours` is within `tolerance` (relative to the reference's largest
+/// magnitude) of the same-named one of `theirs`; `context` describes the case.
+fn assert_close(
+    names: &[&str],
+    ours: &[Vec<f32>],
+    theirs: &[Vec<f32>],
+    tolerance: f32,
+    context: &str,
+) {
+    for (what, (ours, theirs)) in names.iter().zip(ours.iter().zip(theirs)) {
+        let (worst, scale) = difference(ours, theirs);
+        assert!(
+            worst <= tolerance * scale,
+            "{context}: {what} off by {worst:e} (scale {scale})"
+        );
+    }
+}
+
 /// TensorFlow's 'same' padding for a 3x3 kernel: the extra row/column goes at the end.
 fn same_padding(size: usize, stride: usize) -> (usize, usize) {
     let out = size.div_ceil(stride);
@@ -96,19 +114,17 @@ fn check_options(
     let flex = run(&Device::flex(), &x, [&weight, &bias, &mix], &options);
     #[allow(deprecated)] // ndarray is deprecated upstream; here it is the reference
     let reference = run(&Device::ndarray(), &x, [&weight, &bias, &mix], &options);
-    for (what, (ours, theirs)) in ["output", "input gradient", "weight gradient"]
-        .iter()
-        .zip(flex.iter().zip(&reference))
-    {
-        let (worst, scale) = difference(ours, theirs);
-        assert!(
-            worst <= 1e-5 * scale,
-            "{what} of batch {batch}, {c_in}->{c_out} channels, groups {groups}, \
-             {kernel}x{kernel}, {h}x{w}, stride {stride}, padding {:?}: off by {worst:e} \
-             (scale {scale})",
+    assert_close(
+        &["output", "input gradient", "weight gradient"],
+        &flex,
+        &reference,
+        1e-5,
+        &format!(
+            "batch {batch}, {c_in}->{c_out} channels, groups {groups}, {kernel}x{kernel}, \
+             {h}x{w}, stride {stride}, padding {:?}",
             options.padding
-        );
-    }
+        ),
+    );
 }
 
 #[test]
@@ -242,13 +258,13 @@ fn check_batch_norm<const D: usize>(shape: [usize; D], offset: f32) {
         "shift gradient",
         "inference output",
     ];
-    for (what, (ours, theirs)) in names.iter().zip(flex.iter().zip(&reference)) {
-        let (worst, scale) = difference(ours, theirs);
-        assert!(
-            worst <= 2e-5 * scale,
-            "batch norm {what} of {shape:?} with offset {offset}: off by {worst:e} (scale {scale})"
-        );
-    }
+    assert_close(
+        &names,
+        &flex,
+        &reference,
+        2e-5,
+        &format!("batch norm of {shape:?} with offset {offset}"),
+    );
 }
 
 #[test]
@@ -325,16 +341,13 @@ fn max_pool_matches_the_reference() {
         let flex = run_max_pool(&Device::flex(), &x, &mix, &pool);
         #[allow(deprecated)] // ndarray is deprecated upstream; here it is the reference
         let reference = run_max_pool(&Device::ndarray(), &x, &mix, &pool);
-        for (what, (ours, theirs)) in ["inference output", "output", "input gradient"]
-            .iter()
-            .zip(flex.iter().zip(&reference))
-        {
-            let (worst, scale) = difference(ours, theirs);
-            assert!(
-                worst <= 1e-6 * scale,
-                "max-pool {what} of {shape:?}: off by {worst:e}"
-            );
-        }
+        assert_close(
+            &["inference output", "output", "input gradient"],
+            &flex,
+            &reference,
+            1e-6,
+            &format!("max-pool of {shape:?}"),
+        );
     }
 }
 
@@ -428,13 +441,12 @@ fn channels_last_activations_match_the_reference() {
             "depthwise weight gradient",
             "inference output",
         ];
-        for (what, (ours, theirs)) in names.iter().zip(flex.iter().zip(&reference)) {
-            let (worst, scale) = difference(ours, theirs);
-            assert!(
-                worst <= 2e-5 * scale,
-                "chain {what} of [{batch}, {c_in}, {h}, {w}] -> {channels} channels: off by \
-                 {worst:e} (scale {scale})"
-            );
-        }
+        assert_close(
+            &names,
+            &flex,
+            &reference,
+            2e-5,
+            &format!("chain of [{batch}, {c_in}, {h}, {w}] -> {channels} channels"),
+        );
     }
 }

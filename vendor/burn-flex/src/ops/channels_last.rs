@@ -850,13 +850,14 @@ fn channel_sums<const N: usize>(
     c: usize,
     add: impl Fn(&mut [Vec<f32>; N], usize) + Sync + Send,
 ) -> [Vec<f64>; N] {
-    const BLOCK: usize = 64;
+    // Rows per f32 block (not the channel `BLOCK` of the per-pixel kernels).
+    const ROWS: usize = 64;
     let partials = map_ranges(rows, |range| {
         let mut total: [Vec<f64>; N] = core::array::from_fn(|_| vec![0.0f64; c]);
         let mut block: [Vec<f32>; N] = core::array::from_fn(|_| vec![0.0f32; c]);
         let mut start = range.start;
         while start < range.end {
-            let end = (start + BLOCK).min(range.end);
+            let end = (start + ROWS).min(range.end);
             block.iter_mut().for_each(|b| b.fill(0.0));
             for row in start..end {
                 add(&mut block, row);
