@@ -307,7 +307,7 @@ pub fn train_step(
             &current,
             GradientsParams::from_grads(loss.backward(), &current),
         );
-        let (grads, _) = sum.finish(None);
+        let grads = sum.finish(None, &base).grads;
         let backward_done = Instant::now();
         model = Some(optimizer.step(current, grads, 0.045));
         base.sync()

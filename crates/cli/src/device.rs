@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use burn::tensor::Device;
+use burn::tensor::{Device, DeviceKind};
 use clap::ValueEnum;
 
 /// A compute device the user can name on the command line.
@@ -20,8 +20,7 @@ pub enum DeviceChoice {
 impl DeviceChoice {
     /// The Burn device this choice names (the same mapping as a config's device names).
     pub fn device(self) -> Device {
-        xception_train::parallel::device_named(&self.to_string())
-            .expect("every --device choice is a valid device name")
+        device_named(&self.to_string()).expect("every --device choice is a valid device name")
     }
 }
 
@@ -33,4 +32,24 @@ impl fmt::Display for DeviceChoice {
             .unwrap_or_default();
         f.write_str(&name)
     }
+}
+
+/// The Burn device a config or command line names (see
+/// [`xception_train::config::check_device_name`]). The binary alone picks the backends it
+/// is built with, so the names map to devices here.
+pub fn device_named(name: &str) -> Result<Device, String> {
+    xception_train::config::check_device_name(name)?;
+    Ok(match name {
+        "flex" => Device::flex(),
+        #[allow(deprecated)] // ndarray is deprecated upstream; our users asked to keep it
+        "ndarray" => Device::ndarray(),
+        "wgpu" => Device::wgpu(DeviceKind::DefaultDevice),
+        other => {
+            let index = other
+                .strip_prefix("wgpu:")
+                .and_then(|i| i.parse::<usize>().ok())
+                .unwrap_or_default();
+            Device::wgpu(DeviceKind::DiscreteGpu(index))
+        }
+    })
 }

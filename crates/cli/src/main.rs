@@ -530,11 +530,10 @@ fn main() -> ExitCode {
 /// Keeps freed tensor buffers in the process for the next step instead of giving them back
 /// to the system.
 ///
-/// glibc serves allocations above 32 MiB (at 299x299 most activations) with fresh `mmap`
-/// pages and unmaps them when freed, so every training step faulted in and zeroed its
-/// activations anew (7% of a flex step in `perf`). From the heap, never trimmed below
-/// 2 GiB of free space, the same steps ran 1.15-1.22x faster at 96x96 and 1.02-1.27x at
-/// 299x299, at the same peak memory (docs/benchmarks.md).
+/// glibc serves large allocations (above 32 MiB; at 299x299 most activations) with fresh
+/// `mmap` pages and unmaps them when freed, so every training step would fault in and zero
+/// its activations anew. Served from a heap that is never trimmed, the buffers of one step
+/// are reused by the next, at the same peak memory.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn keep_freed_memory() {
     // SAFETY: mallopt only sets glibc's allocation thresholds; no thread is running yet.

@@ -9,12 +9,11 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use xception_train::parallel::device_named;
 use xception_train::{
     EvalReport, Outcome, Reporter, ResumeFrom, RunOptions, RunStart, StepReport, TrainConfig,
 };
 
-use crate::device::DeviceChoice;
+use crate::device::{DeviceChoice, device_named};
 
 /// What `xception train` was asked to do.
 pub struct TrainArgs {

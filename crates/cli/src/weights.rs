@@ -29,7 +29,7 @@ fn print_export(summary: &ExportSummary, json: bool) -> Result<()> {
         summary.tensors,
         summary.out.display()
     );
-    if let Some(source) = summary.metadata.get(weights::META_SOURCE) {
+    if let Some(source) = summary.metadata.get(xception_model::weights::META_SOURCE) {
         println!("source: {source}");
     }
     Ok(())
@@ -43,7 +43,8 @@ pub fn export(
     ema: bool,
     json: bool,
 ) -> Result<()> {
-    let summary = weights::export_weights(checkpoint, ema, format, out)?;
+    let summary =
+        weights::export_weights(checkpoint, ema, format, out, &burn::tensor::Device::flex())?;
     print_export(&summary, json)?;
     if format == ExportFormat::Safetensors && !json {
         if summary.timm_loadable {
@@ -61,7 +62,7 @@ pub fn export(
 
 /// `xception import --from timm|keras FILE --out FILE.bpk`.
 pub fn import(from: Format, file: &Path, out: &Path, json: bool) -> Result<()> {
-    let summary = weights::import_file(from, file, out)?;
+    let summary = weights::import_file(from, file, out, &burn::tensor::Device::flex())?;
     print_export(&summary, json)
 }
 

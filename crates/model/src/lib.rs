@@ -3,11 +3,13 @@
 //! configuration fields and an analytic summary (shapes, parameters, multiply-adds).
 //!
 //! The architecture is data ([`architecture::plan`]); the module ([`Xception`]) and the
-//! summary ([`Summary`]) are both built from it.
+//! summary ([`Summary`]) are both built from it. Its interop maps tensor names and layouts to
+//! timm's and Keras' ([`interop`]) and reads and writes weights files ([`weights`]).
 
 pub mod architecture;
 pub mod config;
 pub mod interop;
+pub mod weights;
 mod xception;
 
 pub use architecture::{BlockSummary, LayerSummary, Summary};

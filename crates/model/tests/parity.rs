@@ -3,7 +3,7 @@
 //! from `scripts/make_parity_fixtures.py` (Keras 3 / TensorFlow).
 
 use burn::tensor::Device;
-use xception_model::interop::reference;
+mod reference;
 
 fn fixture() -> serde_json::Value {
     let text = include_str!("fixtures/keras_parity.json");

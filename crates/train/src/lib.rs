@@ -4,8 +4,9 @@
 //! RMSprop ([`optim`]), Polyak averaging ([`ema`]), metrics ([`metrics`], [`record`],
 //! [`plot`]), checkpoints ([`checkpoint`]) and the loop that ties them together with exact
 //! resume ([`trainer`]), on one device or several ([`parallel`]). What the loop reports
-//! while it runs goes through [`report`]; weights files (checkpoints, exports, timm and Keras
-//! imports) are read and written by [`weights`].
+//! while it runs goes through [`report`]; [`weights`] reads the weights a user names (a
+//! checkpoint directory, or a weights file through the model crate) with their class names.
+//! It chooses no backend: the binary does.
 
 pub mod checkpoint;
 pub mod config;

@@ -4,25 +4,39 @@ use burn::tensor::{Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 /// How many of the `labels` are among the `k` highest `logits` of their row, for each `k` of
-/// `ks` (ascending). `logits` is `[N, C]`, `labels` `[N]`; `k` is capped at `C`.
-pub fn top_k_correct(logits: Tensor<2>, labels: Tensor<1, Int>, ks: &[usize]) -> Vec<u64> {
+/// `ks` (ascending), as counts left on the logits' device. `logits` is `[N, C]`, `labels`
+/// `[N]`; `k` is capped at `C`.
+pub fn top_k_hits(logits: Tensor<2>, labels: Tensor<1, Int>, ks: &[usize]) -> Tensor<1> {
     let [n, classes] = logits.dims();
     let k_max = ks.iter().copied().max().unwrap_or(1).min(classes).max(1);
     let (_, indices) = logits.topk_with_indices(k_max, 1);
     let hits = indices.equal(labels.reshape([n, 1])).int();
-    ks.iter()
-        .map(|&k| {
-            let k = k.min(k_max);
-            let count = hits.clone().slice([0..n, 0..k]).sum();
-            count
-                .into_data()
-                .convert::<i64>()
-                .try_to_vec::<i64>()
-                .ok()
-                .and_then(|v| v.first().copied())
-                .map_or(0, |c| c as u64)
-        })
+    let counts = ks
+        .iter()
+        .map(|&k| hits.clone().slice([0..n, 0..k.min(k_max)]).sum())
+        .collect();
+    Tensor::cat(counts, 0).float()
+}
+
+/// [`top_k_hits`], read back.
+pub fn top_k_correct(logits: Tensor<2>, labels: Tensor<1, Int>, ks: &[usize]) -> Vec<u64> {
+    top_k_hits(logits, labels, ks)
+        .into_data()
+        .iter::<f32>()
+        .map(|count| count as u64)
         .collect()
+}
+
+/// A batch's loss and accuracy as a tensor on the logits' device, `[mean loss, mean loss x
+/// images, top-1 hits, top-5 hits]`, to be summed there and read once
+/// ([`ClassificationMeter::add_tally`]).
+pub fn batch_tally(mean_loss: Tensor<1>, logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
+    let images = labels.dims()[0];
+    let hits = top_k_hits(logits, labels, &[1, 5]);
+    Tensor::cat(
+        vec![mean_loss.clone(), mean_loss.mul_scalar(images as f64), hits],
+        0,
+    )
 }
 
 /// Running totals of a classification pass.
@@ -47,6 +61,14 @@ impl ClassificationMeter {
         self.loss_sum += mean_loss * n as f64;
         self.top1 += correct[0];
         self.top5 += correct[1];
+    }
+
+    /// Adds batches summed by [`batch_tally`] (`tally` read back) over `images` images.
+    pub fn add_tally(&mut self, images: u64, tally: &[f32]) {
+        self.images += images;
+        self.loss_sum += f64::from(tally[1]);
+        self.top1 += tally[2] as u64;
+        self.top5 += tally[3] as u64;
     }
 
     /// Mean loss per image.

@@ -21,7 +21,7 @@ use std::thread::JoinHandle;
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::GradientsParams;
-use burn::tensor::{Device, DeviceKind, Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use xception_data::HostBatch;
 use xception_model::Xception;
 
@@ -32,8 +32,8 @@ static RANDOM: Mutex<()> = Mutex::new(());
 
 /// One device's share of a step, as the trainer needs it.
 pub struct ShareOutput {
-    /// Mean loss over the share's images.
-    pub loss: f64,
+    /// Mean loss over the share's images, detached, on the first device.
+    pub loss: Tensor<1>,
     /// Images in the share.
     pub images: usize,
     /// The share's logits, detached, on the first device.
@@ -234,26 +234,30 @@ fn compute_share(
             model.forward(inputs)
         };
         let loss = loss_fn.forward(logits.clone(), labels.clone());
-        // Reading the value waits for the forward pass, dropout's draws included.
-        let value = f64::from(loss.clone().into_scalar::<f32>());
-        (logits, loss, value)
+        (logits, loss)
     };
-    let (logits, loss, value) = if alone {
+    let (logits, loss) = if alone {
         forward()
     } else {
         let _turn = RANDOM
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        forward()
+        let output = forward();
+        // The forward pass, dropout's draws included, ends before another device seeds: a
+        // wait per device and step that only multi-device runs pay.
+        let _ = device.sync();
+        output
     };
+    let value = loss.clone().detach();
     let grads = GradientsParams::from_grads(loss.backward(), model);
-    let (grads, logits, labels) = if device == main {
-        (grads, logits.detach(), labels)
+    let (grads, logits, labels, value) = if device == main {
+        (grads, logits.detach(), labels, value)
     } else {
         (
             grads.to_device(main, model),
             logits.detach().to_device(main),
             Tensor::from_data(host_labels, main),
+            value.to_device(main),
         )
     };
     ShareOutput {
@@ -263,22 +267,4 @@ fn compute_share(
         labels,
         grads,
     }
-}
-
-/// The Burn device a config or command line names (see [`crate::config::check_device_name`]).
-pub fn device_named(name: &str) -> Result<Device, String> {
-    crate::config::check_device_name(name)?;
-    Ok(match name {
-        "flex" => Device::flex(),
-        #[allow(deprecated)] // ndarray is deprecated upstream; our users asked to keep it
-        "ndarray" => Device::ndarray(),
-        "wgpu" => Device::wgpu(DeviceKind::DefaultDevice),
-        other => {
-            let index = other
-                .strip_prefix("wgpu:")
-                .and_then(|i| i.parse::<usize>().ok())
-                .unwrap_or_default();
-            Device::wgpu(DeviceKind::DiscreteGpu(index))
-        }
-    })
 }

@@ -9,7 +9,10 @@ use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use xception_model::interop::{self, Format, reference};
+use xception_model::interop::{self, Format};
+
+#[path = "../../model/tests/reference/mod.rs"]
+mod reference;
 use xception_train::config::OptimizerConfig;
 use xception_train::optim::{GradientSum, Optimizer};
 
@@ -43,7 +46,7 @@ fn one_sgd_step_matches_keras() {
 
     let mut sum = GradientSum::default();
     sum.add(&model, GradientsParams::from_grads(loss.backward(), &model));
-    let (grads, _) = sum.finish(None);
+    let grads = sum.finish(None, &device).grads;
     let mut optimizer = Optimizer::new(OptimizerConfig::Sgd {
         momentum: 0.9,
         dampening: 0.0,

@@ -84,13 +84,13 @@ pub fn step(
     let mut parts = Vec::new();
     for share in shares {
         let weight = share.images as f64 / total as f64;
-        loss += weight * share.loss;
+        loss += weight * f64::from(share.loss.into_scalar::<f32>());
         logits.extend(share.logits.into_data().iter::<f32>());
         parts.push((share.grads, weight));
     }
     let mut sum = GradientSum::default();
     sum.add_shares(&model, parts);
-    let (grads, _) = sum.finish(None);
+    let grads = sum.finish(None, &devices[0]).grads;
     let mut optimizer = Optimizer::new(OptimizerConfig::Sgd {
         momentum: 0.0,
         dampening: 0.0,

@@ -2,158 +2,33 @@
 //! dampens momentum by 0.1 unless told otherwise, decays every parameter alike, and keys its
 //! state by parameter ids that change when a model is rebuilt. Here the state is keyed by the
 //! parameter's path in the module (`entry_flow.0.sep1.pointwise.weight`), so a checkpoint
-//! can be read into a freshly built model, and each rule is the one the recipes name:
-//!
-//! - SGD as PyTorch's `torch.optim.SGD` (and TensorFlow's momentum optimizer when dampening
-//!   is 0): `g += wd * w; v = mu * v + (1 - dampening) * g` (the first step sets `v = g`);
-//!   `w -= lr * v` (Nesterov: `w -= lr * (g + mu * v)`).
-//! - RMSprop as TensorFlow 1's `RMSPropOptimizer`, which the paper's JFT runs used: the mean
-//!   square starts at 1, `ms = rho * ms + (1 - rho) * g^2`,
-//!   `mom = mu * mom + lr * g / sqrt(ms + eps)`, `w -= mom`.
+//! can be read into a freshly built model, and each rule is the one the recipes name
+//! ([`rules`]): SGD as PyTorch's `torch.optim.SGD` (TensorFlow's momentum optimizer when
+//! dampening is 0), RMSprop as TensorFlow 1's `RMSPropOptimizer`, which the paper's JFT runs
+//! used.
 //!
 //! Weight decay skips rank-1 parameters (BatchNorm scales and shifts, biases) unless
 //! `decay_norm_and_bias` is set, as timm's `param_groups_weight_decay` does.
 //!
-//! On the CPU devices the rules run as one fused loop over each parameter's values in place
-//! (`host`): written as tensor operations, an update makes six to eight passes over the 23M
-//! weights and allocates three fresh buffers of their size, which measured 5% of a 96x96
-//! training step on flex. The tensor operations remain for the GPU, where they run as kernels.
+//! Each rule is written once and runs two ways: on the CPU devices as one fused loop over a
+//! parameter's values in place ([`host`]), elsewhere as tensor operations, which a GPU runs
+//! as kernels. A step can be guarded by a flag computed on the device (the loss and gradient
+//! norm are finite): when it is false the weights and state stay as they were, with nothing
+//! read back to the host on a GPU.
+
+mod gradients;
+mod host;
+mod rules;
 
 use std::collections::{BTreeMap, HashMap};
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
-use burn::optim::GradientsParams;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::module::{Module, ModuleMapper, Param, ParamId};
+use burn::tensor::{Bool, Device, Tensor, TensorData};
+
+pub use gradients::{GradientSum, StepGradients};
+use rules::{Rule, Slots};
 
 use crate::config::OptimizerConfig;
-
-/// The gradients of one optimizer step, summed over accumulated batches, by parameter id.
-#[derive(Default)]
-pub struct GradientSum {
-    sums: HashMap<ParamId, Tensor<1>>,
-    /// Parameter ids in the module's order, which is the same in every run.
-    order: Vec<ParamId>,
-    batches: u32,
-}
-
-impl GradientSum {
-    /// Adds the gradients of one batch's mean loss for every parameter of `model`.
-    pub fn add<M: Module>(&mut self, model: &M, grads: GradientsParams) {
-        self.add_shares(model, vec![(grads, 1.0)]);
-    }
-
-    /// Adds one batch computed in shares (one per device): `sum_i weight_i * grads_i`, where
-    /// each `grads_i` is the gradient of its share's mean loss and `weight_i` the share's
-    /// fraction of the batch, is the gradient of the whole batch's mean loss. Shares are
-    /// summed in the order given, so the result does not depend on which device finished
-    /// first.
-    pub fn add_shares<M: Module>(&mut self, model: &M, shares: Vec<(GradientsParams, f64)>) {
-        for (mut grads, weight) in shares {
-            let mut take = TakeGradients {
-                grads: &mut grads,
-                sums: &mut self.sums,
-                order: &mut self.order,
-                weight,
-            };
-            model.visit(&mut take);
-        }
-        self.batches += 1;
-    }
-
-    /// Batches added since the last step.
-    pub fn batches(&self) -> u32 {
-        self.batches
-    }
-
-    /// The mean gradient over the added batches, and its global L2 norm (one sync).
-    /// When `clip_norm` is set and the norm exceeds it, the gradients are scaled down to it.
-    pub fn finish(self, clip_norm: Option<f64>) -> (HashMap<ParamId, Tensor<1>>, f64) {
-        let scale = 1.0 / f64::from(self.batches.max(1));
-        let mut grads: HashMap<ParamId, Tensor<1>> = self
-            .sums
-            .into_iter()
-            .map(|(id, sum)| {
-                (
-                    id,
-                    if scale == 1.0 {
-                        sum
-                    } else {
-                        sum.mul_scalar(scale)
-                    },
-                )
-            })
-            .collect();
-        // Summed in the module's order, so that the norm, and the clipping it decides, are
-        // the same from run to run (and after a resume).
-        let norm = squared_norm(&self.order, &mut grads).sqrt();
-        if let Some(max) = clip_norm
-            && norm > max
-        {
-            let factor = max / norm;
-            for grad in grads.values_mut() {
-                *grad = grad.clone().mul_scalar(factor);
-            }
-        }
-        (grads, norm)
-    }
-}
-
-/// The sum of the squares of every gradient, taken in `order`.
-fn squared_norm(order: &[ParamId], grads: &mut HashMap<ParamId, Tensor<1>>) -> f64 {
-    let mut squares = Vec::new();
-    let mut total = 0.0;
-    for id in order {
-        let Some(grad) = grads.remove(id) else {
-            continue;
-        };
-        let grad = if host::Values::can_take(&grad) {
-            let values = host::Values::take(grad);
-            total += host::sum_of_squares(values.slice());
-            values.into_tensor()
-        } else {
-            squares.push(grad.clone().square().sum());
-            grad
-        };
-        grads.insert(*id, grad);
-    }
-    if !squares.is_empty() {
-        total += Tensor::cat(squares, 0)
-            .into_data()
-            .convert::<f32>()
-            .iter::<f32>()
-            .map(f64::from)
-            .sum::<f64>();
-    }
-    total
-}
-
-struct TakeGradients<'a> {
-    grads: &'a mut GradientsParams,
-    sums: &'a mut HashMap<ParamId, Tensor<1>>,
-    order: &'a mut Vec<ParamId>,
-    weight: f64,
-}
-
-impl ModuleVisitor for TakeGradients<'_> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let Some(grad) = self.grads.remove::<D>(param.id) else {
-            return;
-        };
-        let elements = grad.shape().num_elements();
-        let mut grad = grad.reshape([elements]);
-        if self.weight != 1.0 {
-            grad = grad.mul_scalar(self.weight);
-        }
-        let sum = match self.sums.remove(&param.id) {
-            Some(sum) => sum + grad,
-            None => {
-                self.order.push(param.id);
-                grad
-            }
-        };
-        self.sums.insert(param.id, sum);
-    }
-}
 
 /// SGD or RMSprop with its per-parameter state.
 pub struct Optimizer {
@@ -191,11 +66,35 @@ impl Optimizer {
     /// Applies one update with learning rate `lr` to every parameter of `model` that has a
     /// gradient in `grads`, returning the updated model.
     pub fn step<M: Module>(&mut self, model: M, grads: HashMap<ParamId, Tensor<1>>, lr: f64) -> M {
+        self.update(model, grads, lr, None)
+    }
+
+    /// [`Self::step`], applied only where `apply` (a one-element flag on the gradients'
+    /// device) is true: otherwise every weight and state tensor keeps its value. On a GPU the
+    /// flag is never read back; on the CPU devices it is read once.
+    pub fn step_if<M: Module>(
+        &mut self,
+        model: M,
+        grads: HashMap<ParamId, Tensor<1>>,
+        lr: f64,
+        apply: Tensor<1, Bool>,
+    ) -> M {
+        self.update(model, grads, lr, Some(Guard::new(apply)))
+    }
+
+    fn update<M: Module>(
+        &mut self,
+        model: M,
+        grads: HashMap<ParamId, Tensor<1>>,
+        lr: f64,
+        guard: Option<Guard>,
+    ) -> M {
         let mut update = Update {
             config: &self.config,
             state: &mut self.state,
             grads,
             lr,
+            guard,
             path: Vec::new(),
             fused_on_host: self.fused_on_host,
         };
@@ -212,7 +111,7 @@ impl Optimizer {
 
     /// The state as named flat tensors: `<param path>.<slot>`.
     pub fn state_tensors(&self) -> Vec<(String, Tensor<1>)> {
-        let slots = self.slot_names();
+        let slots = Rule::slot_names(&self.config);
         let mut named = Vec::new();
         for (path, tensors) in &self.state {
             for (slot, tensor) in slots.iter().zip(tensors) {
@@ -231,7 +130,7 @@ impl Optimizer {
         device: &Device,
     ) -> Result<(), StateError> {
         let shapes = xception_model::interop::shapes_by_path(model);
-        let slots = self.slot_names();
+        let slots = Rule::slot_names(&self.config);
         let mut state: BTreeMap<String, Vec<Option<Tensor<1>>>> = BTreeMap::new();
         for (key, data) in tensors {
             let mismatch = |reason: String| StateError::Mismatch {
@@ -280,12 +179,28 @@ impl Optimizer {
         self.state = complete;
         Ok(())
     }
+}
 
-    fn slot_names(&self) -> &'static [&'static str] {
-        match self.config {
-            OptimizerConfig::Sgd { .. } => &["velocity"],
-            OptimizerConfig::Rmsprop { .. } => &["mean_square", "momentum"],
-        }
+/// The device flag of a guarded step, read at most once (by the fused CPU loop).
+struct Guard {
+    apply: Tensor<1, Bool>,
+    read: Option<bool>,
+}
+
+impl Guard {
+    fn new(apply: Tensor<1, Bool>) -> Self {
+        Self { apply, read: None }
+    }
+
+    fn on_host(&mut self) -> bool {
+        *self
+            .read
+            .get_or_insert_with(|| self.apply.clone().int().into_scalar::<i64>() != 0)
+    }
+
+    /// The flag broadcast to `len` values, for choosing between old and new tensors.
+    fn mask(&self, len: usize) -> Tensor<1, Bool> {
+        self.apply.clone().expand([len])
     }
 }
 
@@ -294,13 +209,15 @@ struct Update<'a> {
     state: &'a mut BTreeMap<String, Vec<Tensor<1>>>,
     grads: HashMap<ParamId, Tensor<1>>,
     lr: f64,
+    guard: Option<Guard>,
     path: Vec<String>,
     fused_on_host: bool,
 }
 
 impl Update<'_> {
-    /// The weight decay that applies to a parameter of rank `rank`.
-    fn decay_for(&self, rank: usize) -> f64 {
+    /// The rule for a parameter of rank `rank`: weight decay skips rank-1 parameters unless
+    /// `decay_norm_and_bias` is set.
+    fn rule_for(&self, rank: usize) -> Rule {
         let (weight_decay, decay_norm_and_bias) = match *self.config {
             OptimizerConfig::Sgd {
                 weight_decay,
@@ -313,11 +230,12 @@ impl Update<'_> {
                 ..
             } => (weight_decay, decay_norm_and_bias),
         };
-        if rank > 1 || decay_norm_and_bias {
+        let decay = if rank > 1 || decay_norm_and_bias {
             weight_decay
         } else {
             0.0
-        }
+        };
+        Rule::new(self.config, self.lr, decay)
     }
 
     /// `weights` after one step with `grad`, through the fused loop when every tensor the
@@ -329,161 +247,69 @@ impl Update<'_> {
         grad: Tensor<1>,
         rank: usize,
     ) -> Tensor<1> {
-        let state_on_host = self
-            .state
-            .get(&path)
-            .is_none_or(|slots| slots.iter().all(host::Values::can_take));
-        if !(self.fused_on_host
+        let rule = self.rule_for(rank);
+        let slots = self.state.remove(&path).unwrap_or_default();
+        let on_host = self.fused_on_host
             && host::Values::can_take(&weights)
             && host::Values::can_take(&grad)
-            && state_on_host)
-        {
-            let delta = self.delta(path, &weights, grad, rank);
-            return weights - delta;
+            && slots.iter().all(host::Values::can_take);
+        let (weights, slots) = if on_host {
+            self.on_host(&rule, weights, grad, slots)
+        } else {
+            self.on_device(&rule, weights, grad, slots)
+        };
+        if !slots.is_empty() {
+            self.state.insert(path, slots);
         }
-        let (decay, lr) = (self.decay_for(rank), self.lr);
-        let mut weights = host::Values::take(weights);
-        let mut grad = host::Values::take(grad);
-        let mut slots: Vec<host::Values> = self
-            .state
-            .remove(&path)
-            .unwrap_or_default()
-            .into_iter()
-            .map(host::Values::take)
-            .collect();
-        match *self.config {
-            OptimizerConfig::Sgd {
-                momentum,
-                dampening,
-                nesterov,
-                ..
-            } => {
-                let rule = host::Sgd {
-                    lr,
-                    momentum,
-                    dampening,
-                    nesterov,
-                    decay,
-                };
-                let velocity = slots.first_mut().map(host::Values::slice_mut);
-                rule.apply(weights.slice_mut(), grad.slice_mut(), velocity);
-                if momentum != 0.0 {
-                    // On the first step the gradient's buffer became the velocity.
-                    let velocity = if slots.is_empty() {
-                        grad
-                    } else {
-                        slots.remove(0)
-                    };
-                    self.state.insert(path, vec![velocity.into_tensor()]);
-                }
-            }
-            OptimizerConfig::Rmsprop {
-                momentum,
-                decay: rho,
-                epsilon,
-                ..
-            } => {
-                let rule = host::Rmsprop {
-                    lr,
-                    momentum,
-                    rho,
-                    epsilon,
-                    decay,
-                };
-                let (mut mean_square, mut previous) = if slots.len() == 2 {
-                    let previous = slots.pop();
-                    (slots.remove(0), previous)
-                } else {
-                    // TensorFlow 1 starts the mean square at 1.
-                    (weights.like_filled(1.0), None)
-                };
-                rule.apply(
-                    weights.slice_mut(),
-                    grad.slice_mut(),
-                    mean_square.slice_mut(),
-                    previous.as_mut().map(host::Values::slice_mut),
-                );
-                // The step is in `previous` when there was one, else in the gradient's buffer.
-                let step = previous.unwrap_or(grad);
-                self.state
-                    .insert(path, vec![mean_square.into_tensor(), step.into_tensor()]);
-            }
-        }
-        weights.into_tensor()
+        weights
     }
 
-    /// The step to subtract from `weights` (flat, without autodiff) given gradient `grad`.
-    fn delta(
+    fn on_host(
         &mut self,
-        path: String,
-        weights: &Tensor<1>,
+        rule: &Rule,
+        weights: Tensor<1>,
         grad: Tensor<1>,
-        rank: usize,
-    ) -> Tensor<1> {
-        let lr = self.lr;
-        let decay = self.decay_for(rank);
-        match *self.config {
-            OptimizerConfig::Sgd {
-                momentum,
-                dampening,
-                nesterov,
-                ..
-            } => {
-                let grad = if decay > 0.0 {
-                    grad + weights.clone().mul_scalar(decay)
-                } else {
-                    grad
-                };
-                if momentum == 0.0 {
-                    return grad.mul_scalar(lr);
-                }
-                let velocity = match self.state.remove(&path) {
-                    Some(mut slots) => slots
-                        .remove(0)
-                        .mul_scalar(momentum)
-                        .add(grad.clone().mul_scalar(1.0 - dampening)),
-                    None => grad.clone(),
-                };
-                let direction = if nesterov {
-                    grad + velocity.clone().mul_scalar(momentum)
-                } else {
-                    velocity.clone()
-                };
-                self.state.insert(path, vec![velocity]);
-                direction.mul_scalar(lr)
-            }
-            OptimizerConfig::Rmsprop {
-                momentum,
-                decay: rho,
-                epsilon,
-                ..
-            } => {
-                let grad = if decay > 0.0 {
-                    grad + weights.clone().mul_scalar(decay)
-                } else {
-                    grad
-                };
-                let (mean_square, previous) = match self.state.remove(&path) {
-                    Some(mut slots) if slots.len() == 2 => {
-                        let previous = slots.pop();
-                        (slots.remove(0), previous)
-                    }
-                    _ => (weights.ones_like(), None),
-                };
-                let mean_square = mean_square
-                    .mul_scalar(rho)
-                    .add(grad.clone().square().mul_scalar(1.0 - rho));
-                let scaled = grad
-                    .div(mean_square.clone().add_scalar(epsilon).sqrt())
-                    .mul_scalar(lr);
-                let step = match previous {
-                    Some(previous) => previous.mul_scalar(momentum).add(scaled),
-                    None => scaled,
-                };
-                self.state.insert(path, vec![mean_square, step.clone()]);
-                step
-            }
+        slots: Vec<Tensor<1>>,
+    ) -> (Tensor<1>, Vec<Tensor<1>>) {
+        if self.guard.as_mut().is_some_and(|guard| !guard.on_host()) {
+            return (weights, slots);
         }
+        let mut values = host::Values::take(weights);
+        let slots = slots.into_iter().map(host::Values::take).collect();
+        let slots = host::apply(rule, &mut values, host::Values::take(grad), slots);
+        (
+            values.into_tensor(),
+            slots.into_iter().map(host::Values::into_tensor).collect(),
+        )
+    }
+
+    fn on_device(
+        &self,
+        rule: &Rule,
+        weights: Tensor<1>,
+        grad: Tensor<1>,
+        slots: Vec<Tensor<1>>,
+    ) -> (Tensor<1>, Vec<Tensor<1>>) {
+        let mut old = slots.into_iter();
+        let old: Slots<Tensor<1>> = [old.next(), old.next()];
+        let (updated, new) = rule.apply(weights.clone(), grad, old.clone(), |w| w.ones_like());
+        let Some(guard) = &self.guard else {
+            return (updated, new.into_iter().flatten().collect());
+        };
+        // A skipped step keeps each tensor as it was; a slot that this step would create
+        // keeps its new value (there is no old one), which the run never saves: it stops at
+        // the next read of its metrics (`trainer`).
+        let mask = guard.mask(weights.dims()[0]);
+        let keep = |old: Tensor<1>, new: Tensor<1>| old.mask_where(mask.clone(), new);
+        let slots = new
+            .into_iter()
+            .zip(old)
+            .filter_map(|(new, old)| match (new, old) {
+                (Some(new), Some(old)) => Some(keep(old, new)),
+                (new, _) => new,
+            })
+            .collect();
+        (keep(weights, updated), slots)
     }
 }
 
@@ -521,192 +347,11 @@ impl ModuleMapper for Update<'_> {
     }
 }
 
-/// The update rules as one loop over a parameter's values in this process's memory, for the
-/// CPU devices. Each expression is the tensor path's (`Update::delta`), operation for
-/// operation in f32, so both paths give the same numbers.
-mod host {
-    use burn::tensor::{DType, Device, Tensor, TensorData};
-    use rayon::prelude::*;
-
-    /// Values per task: large enough that a task outweighs its scheduling.
-    const CHUNK: usize = 1 << 14;
-
-    /// A flat f32 tensor's values, moved out of the tensor (flex hands over its buffer without
-    /// copying it when nothing else holds it) and back.
-    pub(super) struct Values {
-        data: TensorData,
-        device: Device,
-    }
-
-    impl Values {
-        /// Whether `tensor` lives in this process's memory as f32 values.
-        pub(super) fn can_take(tensor: &Tensor<1>) -> bool {
-            #[allow(deprecated)] // ndarray is deprecated upstream; our users asked to keep it
-            let cpu = [Device::flex(), Device::ndarray()];
-            tensor.dtype() == DType::F32 && cpu.contains(&tensor.device().without_autodiff())
-        }
-
-        /// The values of `tensor`, which [`Self::can_take`] accepted.
-        pub(super) fn take(tensor: Tensor<1>) -> Self {
-            let device = tensor.device();
-            let mut data = tensor.into_data();
-            if data.as_mut_slice::<f32>().is_err() {
-                // A buffer f32 cannot view in place (its alignment): copy it into one that can.
-                let values: Vec<f32> = data.iter::<f32>().collect();
-                let len = values.len();
-                data = TensorData::new(values, [len]);
-            }
-            Self { data, device }
-        }
-
-        /// As many values as `self`, all `value`, on the same device.
-        pub(super) fn like_filled(&self, value: f32) -> Self {
-            let len = self.data.num_elements();
-            Self {
-                data: TensorData::new(vec![value; len], [len]),
-                device: self.device.clone(),
-            }
-        }
-
-        pub(super) fn slice(&self) -> &[f32] {
-            self.data
-                .as_slice::<f32>()
-                .expect("`Values::take` made the buffer an f32 view")
-        }
-
-        pub(super) fn slice_mut(&mut self) -> &mut [f32] {
-            self.data
-                .as_mut_slice::<f32>()
-                .expect("`Values::take` made the buffer an f32 view")
-        }
-
-        /// Back to a tensor on the device it came from.
-        pub(super) fn into_tensor(self) -> Tensor<1> {
-            Tensor::from_data(self.data, &self.device)
-        }
-    }
-
-    /// `sum(v^2)`, in f64, in a fixed order of chunks (the same sum on every run).
-    pub(super) fn sum_of_squares(values: &[f32]) -> f64 {
-        let partial: Vec<f64> = values
-            .par_chunks(CHUNK)
-            .map(|chunk| chunk.iter().map(|&v| f64::from(v) * f64::from(v)).sum())
-            .collect();
-        partial.iter().sum()
-    }
-
-    /// Momentum SGD: `g' = g + decay * w`, `v = momentum * v + (1 - dampening) * g'` (the
-    /// first step sets `v = g'`), `w -= lr * v` (Nesterov: `w -= lr * (g' + momentum * v)`).
-    pub(super) struct Sgd {
-        pub lr: f64,
-        pub momentum: f64,
-        pub dampening: f64,
-        pub nesterov: bool,
-        pub decay: f64,
-    }
-
-    impl Sgd {
-        /// Updates `weights`; `velocity` is `None` on the first step, when `grad` is left
-        /// holding the new velocity (`g'`). Without momentum no velocity is kept.
-        pub(super) fn apply(
-            &self,
-            weights: &mut [f32],
-            grad: &mut [f32],
-            velocity: Option<&mut [f32]>,
-        ) {
-            let (lr, momentum, decay) = (self.lr as f32, self.momentum as f32, self.decay as f32);
-            let undamped = (1.0 - self.dampening) as f32;
-            let (nesterov, with_momentum) = (self.nesterov, self.momentum != 0.0);
-            let decayed = move |g: f32, w: f32| if decay > 0.0 { g + w * decay } else { g };
-            let direction = move |g: f32, v: f32| if nesterov { g + v * momentum } else { v };
-            match velocity {
-                Some(velocity) => weights
-                    .par_chunks_mut(CHUNK)
-                    .zip(grad.par_chunks(CHUNK))
-                    .zip(velocity.par_chunks_mut(CHUNK))
-                    .for_each(|((w, g), v)| {
-                        for ((w, &g), v) in w.iter_mut().zip(g).zip(v) {
-                            let g = decayed(g, *w);
-                            *v = *v * momentum + g * undamped;
-                            *w -= direction(g, *v) * lr;
-                        }
-                    }),
-                None => weights
-                    .par_chunks_mut(CHUNK)
-                    .zip(grad.par_chunks_mut(CHUNK))
-                    .for_each(|(w, g)| {
-                        for (w, g) in w.iter_mut().zip(g) {
-                            *g = decayed(*g, *w);
-                            let step = if with_momentum { direction(*g, *g) } else { *g };
-                            *w -= step * lr;
-                        }
-                    }),
-            }
-        }
-    }
-
-    /// TensorFlow 1's RMSprop: `g' = g + decay * w`, `ms = rho * ms + (1 - rho) * g'^2`,
-    /// `step = momentum * step + lr * g' / sqrt(ms + epsilon)`, `w -= step`.
-    pub(super) struct Rmsprop {
-        pub lr: f64,
-        pub momentum: f64,
-        pub rho: f64,
-        pub epsilon: f64,
-        pub decay: f64,
-    }
-
-    impl Rmsprop {
-        /// Updates `weights` and `mean_square`; the step goes into `previous` (the last
-        /// step), or into `grad` on the first step.
-        pub(super) fn apply(
-            &self,
-            weights: &mut [f32],
-            grad: &mut [f32],
-            mean_square: &mut [f32],
-            previous: Option<&mut [f32]>,
-        ) {
-            let (lr, momentum, decay) = (self.lr as f32, self.momentum as f32, self.decay as f32);
-            let (rho, fresh, epsilon) = (
-                self.rho as f32,
-                (1.0 - self.rho) as f32,
-                self.epsilon as f32,
-            );
-            let scaled = move |g: &mut f32, w: f32, ms: &mut f32| {
-                let decayed = if decay > 0.0 { *g + w * decay } else { *g };
-                *ms = *ms * rho + (decayed * decayed) * fresh;
-                (decayed / (*ms + epsilon).sqrt()) * lr
-            };
-            match previous {
-                Some(previous) => weights
-                    .par_chunks_mut(CHUNK)
-                    .zip(grad.par_chunks_mut(CHUNK))
-                    .zip(mean_square.par_chunks_mut(CHUNK))
-                    .zip(previous.par_chunks_mut(CHUNK))
-                    .for_each(|(((w, g), ms), p)| {
-                        for (((w, g), ms), p) in w.iter_mut().zip(g).zip(ms).zip(p) {
-                            *p = *p * momentum + scaled(g, *w, ms);
-                            *w -= *p;
-                        }
-                    }),
-                None => weights
-                    .par_chunks_mut(CHUNK)
-                    .zip(grad.par_chunks_mut(CHUNK))
-                    .zip(mean_square.par_chunks_mut(CHUNK))
-                    .for_each(|((w, g), ms)| {
-                        for ((w, g), ms) in w.iter_mut().zip(g).zip(ms) {
-                            *g = scaled(g, *w, ms);
-                            *w -= *g;
-                        }
-                    }),
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use burn::nn::{Linear, LinearConfig};
+    use burn::optim::GradientsParams;
     use burn::tensor::Tolerance;
 
     #[derive(Module, Debug)]
@@ -922,7 +567,8 @@ mod tests {
         assert_eq!(sum.batches(), 2);
         // d(sum(W x + b))/dW = x for each output row, /db = 1; mean scale 2.
         let expected_norm = (2.0f64 * 2.0 * (1.0 + 4.0) * 2.0 + 2.0 * 2.0 * 2.0).sqrt();
-        let (grads, norm) = sum.finish(Some(1.0));
+        let StepGradients { grads, norm } = sum.finish(Some(1.0), &Device::flex());
+        let norm = f64::from(norm.into_scalar::<f32>());
         assert!(
             (norm - expected_norm).abs() < 1e-5,
             "{norm} vs {expected_norm}"
@@ -933,6 +579,56 @@ mod tests {
             .sum::<f64>()
             .sqrt();
         assert!((clipped - 1.0).abs() < 1e-5, "{clipped}");
+    }
+
+    #[test]
+    fn the_fused_loop_runs_on_the_cpu_devices() {
+        let tensor = Tensor::<1>::from_floats([1.0, 2.0], &Device::flex());
+        assert!(host::Values::can_take(&tensor));
+        assert!(host::Values::can_take(&tensor.clone().autodiff()));
+    }
+
+    #[test]
+    fn a_step_whose_flag_is_false_changes_nothing() {
+        let device = Device::flex();
+        for fused in [true, false] {
+            for config in [
+                sgd(true),
+                OptimizerConfig::Rmsprop {
+                    momentum: 0.9,
+                    decay: 0.9,
+                    epsilon: 1.0,
+                    weight_decay: 0.1,
+                    decay_norm_and_bias: false,
+                },
+            ] {
+                let model = tiny(&device);
+                let mut optimizer = Optimizer::new(config);
+                if !fused {
+                    optimizer = optimizer.tensor_ops_only();
+                }
+                let flag =
+                    |value: bool| Tensor::<1, Bool>::from_data(TensorData::from([value]), &device);
+                let g = grads(&model, [0.1, -0.2, 0.3, 0.4], [0.5, -0.5], &device);
+                let model = optimizer.step_if(model, g, 0.1, flag(true));
+                let before = values(model.linear.weight.val());
+                let state_before: Vec<Vec<f64>> = optimizer
+                    .state_tensors()
+                    .into_iter()
+                    .map(|(_, t)| values(t))
+                    .collect();
+                let nan = [f32::NAN, 1.0, f32::INFINITY, 0.0];
+                let g = grads(&model, nan, [0.5, -0.5], &device);
+                let model = optimizer.step_if(model, g, 0.1, flag(false));
+                assert_eq!(values(model.linear.weight.val()), before, "fused {fused}");
+                let state_after: Vec<Vec<f64>> = optimizer
+                    .state_tensors()
+                    .into_iter()
+                    .map(|(_, t)| values(t))
+                    .collect();
+                assert_eq!(state_after, state_before, "fused {fused}");
+            }
+        }
     }
 
     /// A model with a large weight (several of the fused loop's chunks, not a multiple of

@@ -1,0 +1,132 @@
+//! The data of a run: its datasets (generating the synthetic one when asked), its loaders,
+//! and evaluation over a loader.
+
+use std::sync::Arc;
+
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::tensor::{Device, Tensor};
+use xception_data::{Dataset, DatasetOptions, Loader, LoaderConfig, Split, Transform, synth};
+use xception_model::Xception;
+
+use super::{TrainError, io_error};
+use crate::config::TrainConfig;
+use crate::metrics::{ClassificationMeter, batch_tally};
+use crate::report::{Reporter, Scores};
+
+/// Opens a split of the configured data, generating the synthetic dataset first when the
+/// config asks for one and the folder does not exist.
+pub fn open_split(
+    config: &TrainConfig,
+    split: Split,
+    reporter: &mut dyn Reporter,
+) -> Result<Dataset, TrainError> {
+    let root = &config.data.root;
+    if let Some(options) = &config.data.synth
+        && !root.exists()
+    {
+        // Generated next to its final place and renamed, so an interrupted generation is
+        // never mistaken for a dataset.
+        let partial = root.with_extension("partial");
+        if partial.exists() {
+            std::fs::remove_dir_all(&partial).map_err(io_error(&partial))?;
+        }
+        reporter.note(&format!(
+            "{} does not exist: generating a synthetic dataset there ({} classes, {} + {} images per class)",
+            root.display(),
+            options.classes,
+            options.train_per_class,
+            options.val_per_class
+        ));
+        let files = synth::generate(&partial, options)?;
+        std::fs::rename(&partial, root).map_err(io_error(root))?;
+        reporter.note(&format!("wrote {files} images to {}", root.display()));
+    }
+    let options = DatasetOptions {
+        layout: config.data.layout,
+        val_fraction: config.data.val_fraction,
+        split_seed: config.data.split_seed,
+    };
+    Ok(xception_data::open(root, split, &options)?)
+}
+
+/// Evaluates `model` (inference mode) over every batch of `loader`. The sums stay on the
+/// device until the last batch.
+pub fn evaluate(
+    model: &Xception,
+    loader: &Loader,
+    device: &Device,
+    reporter: &mut dyn Reporter,
+) -> Scores {
+    let loss_fn = CrossEntropyLossConfig::new().init(device);
+    let mut sum: Option<Tensor<1>> = None;
+    let mut count = 0u64;
+    let iter = loader.epoch(0, 0);
+    reporter.evaluating(iter.total());
+    for batch in iter {
+        for bad in &batch.skipped {
+            reporter.note(&format!("skipped {}: {}", bad.path.display(), bad.reason));
+        }
+        if batch.is_empty() {
+            reporter.evaluated_batch();
+            continue;
+        }
+        count += batch.len() as u64;
+        let (images, labels) = batch.into_device(device);
+        let logits = model.forward(images);
+        let loss = loss_fn.forward(logits.clone(), labels.clone());
+        let tally = batch_tally(loss, logits, labels);
+        sum = Some(match sum {
+            Some(sum) => sum + tally,
+            None => tally,
+        });
+        reporter.evaluated_batch();
+    }
+    let mut meter = ClassificationMeter::default();
+    if let Some(sum) = sum {
+        let values: Vec<f32> = sum.into_data().iter::<f32>().collect();
+        meter.add_tally(count, &values);
+    }
+    Scores {
+        loss: meter.loss(),
+        top1: meter.top1_percent(),
+        top5: meter.top5_percent(),
+        images: meter.images,
+    }
+}
+
+/// The loaders of a config: training (shuffled, augmented, last partial batch dropped) and
+/// validation (in order, central crop, every image).
+pub fn loaders(
+    config: &TrainConfig,
+    devices: usize,
+    train: Dataset,
+    val: Dataset,
+) -> Result<(Loader, Loader), TrainError> {
+    let size = config.model.input_size as u32;
+    let base = LoaderConfig {
+        batch_size: config.data.batch_size * devices.max(1),
+        workers: config.data.workers,
+        prefetch: config.data.prefetch,
+        seed: config.training.seed,
+        shuffle: true,
+        drop_last: true,
+        transform: Transform::Train {
+            size,
+            crop: config.data.crop.clone(),
+        },
+    };
+    let val_config = LoaderConfig {
+        shuffle: false,
+        drop_last: false,
+        transform: Transform::Eval {
+            size,
+            crop_pct: config.data.eval_crop_pct,
+        },
+        batch_size: config.data.batch_size,
+        ..base.clone()
+    };
+    Ok((
+        Loader::new(Arc::new(train), base)?,
+        Loader::new(Arc::new(val), val_config)?,
+    ))
+}

@@ -1,0 +1,224 @@
+//! The training loop, in parts a newcomer finds by name:
+//!
+//! - [`train`] (here): open a run, then epochs of steps until done or stopped;
+//! - `start`: the checkpoint a run resumes from (checked against the config), superseded
+//!   checkpoints moved aside, model/EMA/optimizer restored or made fresh;
+//! - `run`: the [`Run`] carried from step to step: opening it, one epoch of optimizer steps
+//!   (forward and backward over the devices, accumulation, the guarded update, EMA), reading
+//!   the step metrics back, checkpoints;
+//! - `tally`: step metrics kept on the device and read every `logging.every_steps` steps;
+//! - `epoch`: the end of an epoch (evaluation, best, curves, checkpoint);
+//! - `data`: datasets, loaders and [`evaluate`].
+//!
+//! **When a non-finite step is caught.** Each step computes, on the device, whether its loss
+//! and gradient norm are finite; the optimizer applies the step only where they are (the
+//! weights and optimizer state keep their values otherwise, with nothing read back). The
+//! host learns of it at the next read of the step metrics: every `logging.every_steps` steps,
+//! before every checkpoint and at the end of each epoch. The run then stops with
+//! [`TrainError::NonFiniteLoss`] naming the step; no checkpoint is written after that step,
+//! so the newest checkpoint on disk holds the state of an earlier step. Steps between the bad
+//! one and the read were computed but are never saved.
+
+mod data;
+mod epoch;
+mod run;
+mod start;
+mod tally;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use burn::tensor::Device;
+use xception_data::DataError;
+use xception_model::ConfigError;
+
+pub use data::{evaluate, loaders, open_split};
+use run::Run;
+
+use crate::checkpoint::{Best, CheckpointError};
+use crate::config::{ConfigFileError, TrainConfig};
+use crate::optim::StateError;
+use crate::report::{EvalReport, Reporter};
+
+/// Which checkpoint a run continues from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResumeFrom {
+    /// The newest complete checkpoint of the run directory; a fresh start when there is none.
+    Auto,
+    /// This checkpoint directory.
+    Dir(PathBuf),
+}
+
+/// How to run, besides the config.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Where checkpoints, metrics and plots go.
+    pub run_dir: PathBuf,
+    /// Continue from a checkpoint.
+    pub resume: Option<ResumeFrom>,
+    /// Resume even when the config's recipe differs from the checkpoint's.
+    pub force: bool,
+    /// Stop with a checkpoint, as on Ctrl-C, once this many optimizer steps are taken.
+    pub stop_at_step: Option<u64>,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every epoch ran.
+    Finished,
+    /// Stopped early (Ctrl-C or `stop_at_step`) after writing a checkpoint.
+    Interrupted,
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Optimizer steps taken in all.
+    pub steps: u64,
+    /// Epochs completed.
+    pub epochs_done: u64,
+    /// The last evaluation.
+    pub last_eval: Option<EvalReport>,
+    /// The best validation top-1 and its checkpoint.
+    pub best: Option<Best>,
+    /// The last checkpoint written.
+    pub last_checkpoint: Option<PathBuf>,
+    /// Seconds of this invocation.
+    pub seconds: f64,
+}
+
+/// Why a run could not start or continue.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// `train` was given no device.
+    #[error("no device to train on")]
+    NoDevice,
+    /// A device failed during a data-parallel step.
+    #[error("{0}")]
+    Device(String),
+    /// The checkpoint's own config cannot be read.
+    #[error(transparent)]
+    Config(#[from] ConfigFileError),
+    /// The data cannot be read.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// The model config is invalid.
+    #[error(transparent)]
+    Model(#[from] ConfigError),
+    /// A checkpoint cannot be written or read.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// The optimizer state of a checkpoint does not fit.
+    #[error("{file}: {source}")]
+    OptimizerState {
+        /// The state file.
+        file: PathBuf,
+        /// What does not fit.
+        source: StateError,
+    },
+    /// The config differs from the checkpoint's in fields that change results.
+    #[error(
+        "the config differs from the one checkpoint {checkpoint} was trained with:\n  {}\nresume with --force to continue with the new values",
+        changes.join("\n  ")
+    )]
+    ConfigChanged {
+        /// The checkpoint.
+        checkpoint: PathBuf,
+        /// `field: old -> new` lines.
+        changes: Vec<String>,
+    },
+    /// A fresh run would mix with an earlier run's checkpoints.
+    #[error(
+        "run directory {0} already holds checkpoints of an earlier run: continue it with --resume auto, or choose another --run-dir"
+    )]
+    RunDirInUse(PathBuf),
+    /// The dataset's classes do not match the model.
+    #[error("model.num_classes is {expected} but {root} has {found} classes")]
+    ClassCount {
+        /// `model.num_classes`.
+        expected: usize,
+        /// Classes found.
+        found: usize,
+        /// The training folder.
+        root: PathBuf,
+    },
+    /// A step's loss or gradient norm stopped being a number.
+    #[error(
+        "the loss became {loss} (gradient norm {grad_norm}) at step {} (epoch {epoch}, lr {lr}); that step was not applied and the run stopped. {}",
+        step + 1,
+        match last_checkpoint {
+            Some(path) => format!("The last good checkpoint is {}.", path.display()),
+            None => "No checkpoint was written yet.".to_string(),
+        }
+    )]
+    NonFiniteLoss {
+        /// The step's mean loss.
+        loss: f64,
+        /// The step's global gradient norm.
+        grad_norm: f64,
+        /// Steps taken before.
+        step: u64,
+        /// Epoch (1-based).
+        epoch: u64,
+        /// The learning rate of the step.
+        lr: f64,
+        /// The newest checkpoint on disk.
+        last_checkpoint: Option<PathBuf>,
+    },
+    /// `training.init_from` cannot be used.
+    #[error("training.init_from {path}: {reason}")]
+    InitFrom {
+        /// The weights named.
+        path: PathBuf,
+        /// Why they cannot be used.
+        reason: String,
+    },
+    /// The model was lost in an optimizer step that panicked.
+    #[error("the model was lost in a failed optimizer step")]
+    ModelLost,
+    /// A file of the run directory cannot be written.
+    #[error("cannot write {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Trains `config` on `devices` (plain devices; autodiff is added here): one device, or
+/// several sharing each batch ([`DataParallel`](crate::parallel::DataParallel)), the first
+/// holding the model, the optimizer and evaluation. `stop` is polled after every optimizer
+/// step: when set, a checkpoint is written and the run returns [`Outcome::Interrupted`].
+pub fn train(
+    config: &TrainConfig,
+    devices: &[Device],
+    options: &RunOptions,
+    reporter: &mut dyn Reporter,
+    stop: &AtomicBool,
+) -> Result<RunSummary, TrainError> {
+    let mut run = Run::open(config, devices, options, reporter)?;
+    let stop_requested = |step: u64| {
+        stop.load(Ordering::SeqCst) || options.stop_at_step.is_some_and(|at| step >= at)
+    };
+    while run.state.epoch < run.plan.epochs {
+        if let Some(outcome) = run.train_epoch(reporter, &stop_requested)? {
+            return Ok(run.summary(outcome));
+        }
+        run.end_epoch(reporter)?;
+        if stop_requested(run.state.step) && run.state.epoch < run.plan.epochs {
+            return Ok(run.summary(Outcome::Interrupted));
+        }
+    }
+    Ok(run.summary(Outcome::Finished))
+}

@@ -1,0 +1,471 @@
+//! A run in progress: everything carried from step to step, how it opens, one epoch of
+//! optimizer steps, and checkpoints.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor};
+use xception_data::rng::derive;
+use xception_data::{DataError, HostBatch, Loader, Split};
+use xception_model::Xception;
+
+use super::data::{loaders, open_split};
+use super::start::{self, Restored};
+use super::tally::{PendingStep, Tally, slot};
+use super::{Outcome, RunOptions, RunSummary, TrainError, io_error};
+use crate::checkpoint::{self, CheckpointContents, TrainState};
+use crate::config::TrainConfig;
+use crate::ema::Ema;
+use crate::metrics::batch_tally;
+use crate::optim::{GradientSum, Optimizer, StepGradients};
+use crate::parallel::DataParallel;
+use crate::plot;
+use crate::record::{MetricsLog, MetricsRow};
+use crate::report::{EvalReport, Reporter, RunStart, StepReport};
+
+/// The sizes of a run, fixed by the config and the data.
+pub(super) struct Plan {
+    /// Images per loader batch (every device's share).
+    pub batch_size: u64,
+    /// Loader batches per optimizer step.
+    pub accumulation: u64,
+    pub batches_per_epoch: u64,
+    pub steps_per_epoch: u64,
+    pub epochs: u64,
+    pub samples_per_epoch: u64,
+    pub total_samples: u64,
+}
+
+/// Everything a run carries from step to step.
+pub(super) struct Run<'a> {
+    pub config: &'a TrainConfig,
+    pub run_dir: PathBuf,
+    checkpoints: PathBuf,
+    config_toml: String,
+    classes_json: String,
+    pub plan: Plan,
+    parallel: DataParallel,
+    /// The first device, without autodiff: evaluation, the EMA and the optimizer state.
+    pub device: Device,
+    train_loader: Loader,
+    pub val_loader: Loader,
+    /// The model being trained, absent only while [`Self::apply_step`] replaces it.
+    model: Option<Xception>,
+    pub ema: Option<Ema<Xception>>,
+    optimizer: Optimizer,
+    pub state: TrainState,
+    pub log: MetricsLog,
+    pub curves: plot::Curves,
+    tally: Tally,
+    pub last_checkpoint: Option<PathBuf>,
+    pub last_eval: Option<EvalReport>,
+    started: Instant,
+}
+
+/// The batches of the optimizer step being accumulated.
+#[derive(Default)]
+struct StepInProgress {
+    sum: GradientSum,
+    /// Summed [`batch_tally`]s, on the main device.
+    tally: Option<Tensor<1>>,
+    images: u64,
+}
+
+impl<'a> Run<'a> {
+    /// Opens a run: its directory, the checkpoint it resumes from, its data, and the model,
+    /// EMA and optimizer (restored or fresh).
+    pub fn open(
+        config: &'a TrainConfig,
+        devices: &[Device],
+        options: &RunOptions,
+        reporter: &mut dyn Reporter,
+    ) -> Result<Self, TrainError> {
+        let started = Instant::now();
+        let device = devices.first().ok_or(TrainError::NoDevice)?.clone();
+        let run_dir = options.run_dir.clone();
+        let checkpoints = run_dir.join("checkpoints");
+        std::fs::create_dir_all(&run_dir).map_err(io_error(&run_dir))?;
+        for partial in checkpoint::remove_partial(&checkpoints)? {
+            reporter.note(&format!(
+                "removed the partial checkpoint {} of an interrupted write",
+                partial.display()
+            ));
+        }
+        let resume = start::resume_point(config, options, &checkpoints, reporter)?;
+
+        let train_set = open_split(config, Split::Train, reporter)?;
+        let val_set = open_split(config, Split::Val, reporter)?;
+        if train_set.classes.len() != config.model.num_classes {
+            return Err(TrainError::ClassCount {
+                expected: config.model.num_classes,
+                found: train_set.classes.len(),
+                root: train_set.root.clone(),
+            });
+        }
+        let (train_images, val_images) = (train_set.len(), val_set.len());
+        let classes_json = serde_json::to_string_pretty(&train_set.classes).unwrap_or_default();
+        let (train_loader, val_loader) = loaders(config, devices.len(), train_set, val_set)?;
+        let plan = Plan::new(config, devices.len(), &train_loader, train_images)?;
+
+        let parallel = DataParallel::new(devices);
+        let train_device = parallel.main_device().clone();
+        device.seed(config.training.seed);
+        train_device.seed(config.training.seed);
+        let first_lr = config
+            .schedule
+            .lr(0, plan.samples_per_epoch, plan.total_samples);
+        let Restored {
+            model,
+            ema,
+            optimizer,
+            state,
+        } = match &resume {
+            Some(resume) => start::restore(config, resume, &train_device, &device, reporter)?,
+            None => start::fresh(config, &train_device, &device, first_lr, reporter)?,
+        };
+        if let Some(resume) = &resume {
+            start::set_aside_newer(&checkpoints, resume, reporter)?;
+        }
+        let config_toml = config.to_toml();
+        let config_path = run_dir.join("config.toml");
+        std::fs::write(&config_path, &config_toml).map_err(io_error(&config_path))?;
+        let resumed_step = resume.as_ref().map(|r| r.state.step);
+        let (log, kept_rows) = MetricsLog::open(&run_dir, resumed_step)
+            .map_err(io_error(&run_dir.join("metrics.jsonl")))?;
+
+        reporter.started(&RunStart {
+            run_dir: run_dir.clone(),
+            resumed_from: resume.as_ref().map(|r| r.dir.clone()),
+            train_images,
+            val_images,
+            classes: config.model.num_classes,
+            epochs: plan.epochs,
+            start_epoch: state.epoch,
+            steps_per_epoch: plan.steps_per_epoch,
+            start_step: state.step,
+            total_steps: plan.steps_per_epoch * plan.epochs,
+            images_per_step: plan.batch_size * plan.accumulation,
+            device: config.device_names().join(", "),
+        });
+        Ok(Self {
+            config,
+            run_dir,
+            checkpoints,
+            config_toml,
+            classes_json,
+            plan,
+            parallel,
+            device,
+            train_loader,
+            val_loader,
+            model: Some(model),
+            ema,
+            optimizer,
+            state,
+            log,
+            curves: plot::Curves::from_rows(&kept_rows),
+            tally: Tally::new(),
+            last_checkpoint: resume.map(|r| r.dir),
+            last_eval: None,
+            started,
+        })
+    }
+
+    /// Runs the optimizer steps left in the current epoch. Returns `Interrupted` when `stop`
+    /// asked for a stop mid-epoch (a checkpoint is then written); `None` at the epoch's end.
+    pub fn train_epoch(
+        &mut self,
+        reporter: &mut dyn Reporter,
+        stop: &dyn Fn(u64) -> bool,
+    ) -> Result<Option<Outcome>, TrainError> {
+        let epoch = self.state.epoch;
+        let first = (self.state.batch_in_epoch * self.plan.batch_size) as usize;
+        let mut batches = self.train_loader.epoch(epoch, first);
+        let mut batch_in_epoch = self.state.batch_in_epoch;
+        let mut step = StepInProgress::default();
+        loop {
+            let wait_started = Instant::now();
+            let Some(batch) = batches.next() else { break };
+            self.tally.waited(wait_started.elapsed());
+            batch_in_epoch += 1;
+            for bad in &batch.skipped {
+                reporter.note(&format!("skipped {}: {}", bad.path.display(), bad.reason));
+            }
+            if !batch.is_empty() {
+                self.forward_backward(batch, &mut step)?;
+            }
+            let epoch_done = batch_in_epoch == self.plan.batches_per_epoch;
+            if u64::from(step.sum.batches()) < self.plan.accumulation && !epoch_done {
+                continue;
+            }
+            self.apply_step(std::mem::take(&mut step), batch_in_epoch);
+
+            let step_count = self.state.step;
+            let stopping = stop(step_count);
+            let checkpoint_due = !epoch_done
+                && self
+                    .config
+                    .checkpoints
+                    .every_steps
+                    .is_some_and(|every| step_count.is_multiple_of(every));
+            if step_count.is_multiple_of(self.config.logging.every_steps.max(1)) {
+                self.read_steps(reporter)?;
+            }
+            if stopping && !epoch_done {
+                self.save("interrupt", reporter)?;
+                return Ok(Some(Outcome::Interrupted));
+            }
+            if checkpoint_due {
+                self.save("steps", reporter)?;
+            }
+        }
+        drop(batches);
+        self.read_steps(reporter)?;
+        Ok(None)
+    }
+
+    /// Forward and backward of one loader batch, split over the devices; its gradients and
+    /// metrics are added to `step`.
+    fn forward_backward(
+        &mut self,
+        batch: HostBatch,
+        step: &mut StepInProgress,
+    ) -> Result<(), TrainError> {
+        step.images += batch.len() as u64;
+        // Dropout's masks come from (seed, step, batch, device), so a resumed run draws the
+        // same masks as an uninterrupted one.
+        let seed = self.config.training.seed;
+        let (step_index, batch_index) = (self.state.step, u64::from(step.sum.batches()));
+        let seed_of = |device: usize| match device {
+            0 => derive(&[seed, step_index, batch_index, 0xd20b]),
+            d => derive(&[seed, step_index, batch_index, 0xd20b, d as u64]),
+        };
+        let frozen = self.state.epoch < u64::from(self.config.training.freeze_epochs);
+        let shares = self
+            .parallel
+            .forward_backward(self.model()?, batch, frozen, seed_of)
+            .map_err(TrainError::Device)?;
+        let images: usize = shares.iter().map(|share| share.images).sum();
+        let (mut loss, mut parts, mut logits, mut labels) =
+            (None, Vec::new(), Vec::new(), Vec::new());
+        for share in shares {
+            let weight = share.images as f64 / images as f64;
+            let weighted = share.loss.mul_scalar(weight);
+            loss = Some(match loss {
+                Some(loss) => loss + weighted,
+                None => weighted,
+            });
+            parts.push((share.grads, weight));
+            logits.push(share.logits);
+            labels.push(share.labels);
+        }
+        if let Some(loss) = loss {
+            let tally = batch_tally(loss, Tensor::cat(logits, 0), Tensor::cat(labels, 0)).inner();
+            step.tally = Some(match step.tally.take() {
+                Some(sum) => sum + tally,
+                None => tally,
+            });
+        }
+        step.sum.add_shares(self.model()?, parts);
+        Ok(())
+    }
+
+    /// Applies an accumulated step (the device skips it when its loss or gradient norm is
+    /// not finite) and records it for the next read.
+    fn apply_step(&mut self, step: StepInProgress, batch_in_epoch: u64) {
+        let batches = u64::from(step.sum.batches());
+        let lr = self.lr();
+        let StepGradients { grads, norm } = step
+            .sum
+            .finish(self.config.training.grad_clip_norm, &self.device);
+        let tally = step
+            .tally
+            .unwrap_or_else(|| Tensor::zeros([slot::NORM], &self.device));
+        let values = Tensor::cat(vec![tally, norm], 0);
+        let finite = values
+            .clone()
+            .slice(slot::LOSS..slot::LOSS + 1)
+            .is_finite()
+            .bool_and(values.clone().slice(slot::NORM..slot::NORM + 1).is_finite());
+        // Moved, not cloned: the fused CPU loop then updates the weights' buffers in place.
+        if let Some(model) = self.model.take() {
+            let model = self.optimizer.step_if(model, grads, lr, finite);
+            if let Some(ema) = &mut self.ema {
+                ema.update(&model);
+            }
+            self.model = Some(model);
+        }
+        self.state.step += 1;
+        self.state.samples_seen += batches.max(1) * self.plan.batch_size;
+        self.state.batch_in_epoch = batch_in_epoch;
+        self.state.lr = lr;
+        self.tally.push(PendingStep {
+            epoch: self.state.epoch,
+            step: self.state.step,
+            batch_in_epoch,
+            samples: self.state.samples_seen,
+            lr,
+            batches,
+            images: step.images,
+            values,
+        });
+    }
+
+    /// The model being trained.
+    pub fn model(&self) -> Result<&Xception, TrainError> {
+        self.model.as_ref().ok_or(TrainError::ModelLost)
+    }
+
+    /// The learning rate of the next step.
+    fn lr(&self) -> f64 {
+        self.config.schedule.lr(
+            self.state.samples_seen,
+            self.plan.samples_per_epoch,
+            self.plan.total_samples,
+        )
+    }
+
+    /// Reads the pending steps back, in one transfer: their rows go to the metrics files and
+    /// the reporter in order. A step that was not finite (and so not applied) stops the run.
+    pub fn read_steps(&mut self, reporter: &mut dyn Reporter) -> Result<(), TrainError> {
+        let (steps, throughput) = self.tally.read();
+        for read in steps {
+            let step = &read.pending;
+            if !read.finite() {
+                let _ = self.log.flush();
+                return Err(TrainError::NonFiniteLoss {
+                    loss: read.loss(),
+                    grad_norm: read.grad_norm(),
+                    step: step.step - 1,
+                    epoch: step.epoch + 1,
+                    lr: step.lr,
+                    last_checkpoint: self.last_checkpoint.clone(),
+                });
+            }
+            self.state
+                .running
+                .add_tally(step.images, &read.values[slot::TALLY..slot::NORM]);
+            let running = &self.state.running;
+            let report = StepReport {
+                epoch: step.epoch,
+                step: step.step,
+                step_in_epoch: step.batch_in_epoch.div_ceil(self.plan.accumulation),
+                steps_per_epoch: self.plan.steps_per_epoch,
+                lr: step.lr,
+                loss: read.loss(),
+                running_loss: running.loss(),
+                running_top1: running.top1_percent(),
+                running_top5: running.top5_percent(),
+                grad_norm: read.grad_norm(),
+                images_per_sec: throughput.images_per_sec,
+                data_wait: throughput.data_wait,
+            };
+            let row = MetricsRow {
+                kind: "train".into(),
+                epoch: step.epoch as f64
+                    + step.batch_in_epoch as f64 / self.plan.batches_per_epoch as f64,
+                step: step.step,
+                samples: step.samples,
+                lr: Some(step.lr),
+                loss: report.loss,
+                top1: report.running_top1,
+                top5: report.running_top5,
+                images_per_sec: Some(report.images_per_sec),
+                data_wait: Some(report.data_wait),
+                grad_norm: Some(report.grad_norm),
+                ..Default::default()
+            };
+            self.log
+                .write(&row)
+                .map_err(io_error(self.log.jsonl_path()))?;
+            self.curves.add(&row);
+            reporter.step(&report);
+        }
+        Ok(())
+    }
+
+    /// Writes a checkpoint of the current state (`reason` says why) after reading the pending
+    /// steps, so that no checkpoint holds a step that was not finite, then prunes old ones.
+    pub fn save(
+        &mut self,
+        reason: &str,
+        reporter: &mut dyn Reporter,
+    ) -> Result<PathBuf, TrainError> {
+        self.read_steps(reporter)?;
+        self.log.flush().map_err(io_error(self.log.jsonl_path()))?;
+        self.state.reason = reason.to_string();
+        self.state.ema_updates = self.ema.as_ref().map_or(0, Ema::updates);
+        let valid = self.model()?.valid();
+        let name = checkpoint::checkpoint_name(self.state.step);
+        let path = checkpoint::write(
+            &self.checkpoints,
+            &name,
+            CheckpointContents {
+                model: &valid,
+                ema: self.ema.as_ref().map(Ema::model),
+                optimizer: self.optimizer.state_tensors(),
+                config_toml: self.config_toml.clone(),
+                classes_json: self.classes_json.clone(),
+                state: self.state.clone(),
+            },
+        )?;
+        let best = self
+            .state
+            .best
+            .as_ref()
+            .filter(|_| self.config.checkpoints.keep_best)
+            .map(|b| b.checkpoint.as_str());
+        checkpoint::prune(&self.checkpoints, self.config.checkpoints.keep_last, best)?;
+        reporter.note(&format!("checkpoint {} ({reason})", path.display()));
+        self.last_checkpoint = Some(path.clone());
+        Ok(path)
+    }
+
+    /// What the run did, as it ended with `outcome`.
+    pub fn summary(&self, outcome: Outcome) -> RunSummary {
+        RunSummary {
+            outcome,
+            steps: self.state.step,
+            epochs_done: self.state.epoch,
+            last_eval: self.last_eval.clone(),
+            best: self.state.best.clone(),
+            last_checkpoint: self.last_checkpoint.clone(),
+            seconds: self.started.elapsed().as_secs_f64(),
+        }
+    }
+}
+
+impl Plan {
+    fn new(
+        config: &TrainConfig,
+        devices: usize,
+        train_loader: &Loader,
+        train_images: usize,
+    ) -> Result<Self, TrainError> {
+        // Each device takes `data.batch_size` images of every batch.
+        let batch_size = (config.data.batch_size * devices) as u64;
+        let accumulation = u64::from(config.training.grad_accumulation);
+        let batches_per_epoch = train_loader.batches_per_epoch() as u64;
+        if batches_per_epoch == 0 {
+            return Err(DataError::InvalidSetting {
+                field: "data.batch_size",
+                reason: format!(
+                    "{batch_size} is larger than the {train_images} training images (the last partial batch is dropped)"
+                ),
+            }
+            .into());
+        }
+        let epochs = u64::from(config.training.epochs);
+        let samples_per_epoch = batches_per_epoch * batch_size;
+        Ok(Self {
+            batch_size,
+            accumulation,
+            batches_per_epoch,
+            steps_per_epoch: batches_per_epoch.div_ceil(accumulation),
+            epochs,
+            samples_per_epoch,
+            total_samples: samples_per_epoch * epochs,
+        })
+    }
+}

@@ -1,0 +1,273 @@
+//! Where a run starts: the checkpoint it continues from (checked against the config), the
+//! checkpoints of an abandoned continuation moved aside, and the model, EMA and optimizer
+//! restored from the checkpoint or made fresh from the seed (or `training.init_from`).
+
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::tensor::Device;
+use xception_model::interop;
+use xception_model::{Xception, XceptionConfig};
+
+use super::{ResumeFrom, RunOptions, TrainError, io_error};
+use crate::checkpoint::{self, Checkpoint, CheckpointError, TrainState};
+use crate::config::TrainConfig;
+use crate::ema::Ema;
+use crate::metrics::ClassificationMeter;
+use crate::optim::Optimizer;
+use crate::report::Reporter;
+use crate::weights;
+
+/// Config fields that never change what a run computes: they may differ on resume.
+const RESULT_NEUTRAL: [&str; 7] = [
+    "training.init_from",
+    "training.device", // and training.devices; their number is checked on its own
+    "data.workers",
+    "data.prefetch",
+    "logging.",
+    "checkpoints.",
+    "data.root",
+];
+
+fn recipe_changes(old: &TrainConfig, new: &TrainConfig) -> Vec<String> {
+    let mut changes: Vec<String> = old
+        .changed_fields(new)
+        .into_iter()
+        .filter(|line| !RESULT_NEUTRAL.iter().any(|prefix| line.starts_with(prefix)))
+        .collect();
+    // Which devices is free; how many is not: each takes `data.batch_size` images.
+    let (before, after) = (old.device_names().len(), new.device_names().len());
+    if before != after {
+        changes.push(format!(
+            "number of devices (training.device/devices): {before} -> {after} (the batch per step changes)"
+        ));
+    }
+    changes
+}
+
+/// The checkpoint `options` asks to continue from, if any, after checking that `config`
+/// computes what the checkpoint's run computed (unless `--force`).
+pub(super) fn resume_point(
+    config: &TrainConfig,
+    options: &RunOptions,
+    checkpoints: &Path,
+    reporter: &mut dyn Reporter,
+) -> Result<Option<Checkpoint>, TrainError> {
+    let resume_dir = match &options.resume {
+        None => {
+            if checkpoint::latest(checkpoints).is_ok() {
+                return Err(TrainError::RunDirInUse(options.run_dir.clone()));
+            }
+            None
+        }
+        Some(ResumeFrom::Dir(dir)) => Some(dir.clone()),
+        Some(ResumeFrom::Auto) => match checkpoint::latest(checkpoints) {
+            Ok(dir) => Some(dir),
+            Err(CheckpointError::NotFound(_)) => {
+                reporter.note(&format!(
+                    "--resume auto: no checkpoint in {} yet, starting afresh",
+                    checkpoints.display()
+                ));
+                None
+            }
+            Err(other) => return Err(other.into()),
+        },
+    };
+    let Some(resume) = resume_dir.as_deref().map(Checkpoint::open).transpose()? else {
+        return Ok(None);
+    };
+    let saved = TrainConfig::parse(&resume.dir.join("config.toml"), &resume.config_toml, &[])?;
+    let changes = recipe_changes(&saved, config);
+    if !changes.is_empty() {
+        if !options.force {
+            return Err(TrainError::ConfigChanged {
+                checkpoint: resume.dir.clone(),
+                changes,
+            });
+        }
+        reporter.note(&format!(
+            "--force: resuming with a changed config:\n  {}",
+            changes.join("\n  ")
+        ));
+    }
+    Ok(Some(resume))
+}
+
+/// Moves the checkpoints written after `resume` (an abandoned continuation) aside, never
+/// deleting them, so that `--resume auto` cannot pick them up later.
+pub(super) fn set_aside_newer(
+    checkpoints: &Path,
+    resume: &Checkpoint,
+    reporter: &mut dyn Reporter,
+) -> Result<(), TrainError> {
+    let newer: Vec<PathBuf> = checkpoint::list(checkpoints)?
+        .into_iter()
+        .filter(|(step, path)| *step > resume.state.step && *path != resume.dir)
+        .map(|(_, path)| path)
+        .collect();
+    if newer.is_empty() {
+        return Ok(());
+    }
+    let aside = checkpoints.join(format!("superseded-at-step-{}", resume.state.step));
+    std::fs::create_dir_all(&aside).map_err(io_error(&aside))?;
+    for path in newer {
+        if let Some(name) = path.file_name() {
+            std::fs::rename(&path, aside.join(name)).map_err(io_error(&path))?;
+        }
+    }
+    reporter.note(&format!(
+        "checkpoints newer than the one resumed from were moved to {}",
+        aside.display()
+    ));
+    Ok(())
+}
+
+/// What a run trains and where it stands.
+pub(super) struct Restored {
+    pub model: Xception,
+    pub ema: Option<Ema<Xception>>,
+    pub optimizer: Optimizer,
+    pub state: TrainState,
+}
+
+/// The model on `train_device` (with autodiff), EMA and optimizer state of `resume`; the
+/// EMA and optimizer state live on `device`.
+pub(super) fn restore(
+    config: &TrainConfig,
+    resume: &Checkpoint,
+    train_device: &Device,
+    device: &Device,
+    reporter: &mut dyn Reporter,
+) -> Result<Restored, TrainError> {
+    let model = Xception::new(&config.model, train_device)?;
+    let model = checkpoint::load_module(model, &resume.model_file())?;
+    let mut optimizer = Optimizer::new(config.optimizer.clone());
+    optimizer
+        .load_state(&model, resume.optimizer_state()?, device)
+        .map_err(|source| TrainError::OptimizerState {
+            file: resume.optimizer_file(),
+            source,
+        })?;
+    let ema = match config.training.ema_decay {
+        None => None,
+        Some(decay) => {
+            let averaged = if resume.ema_file().is_file() {
+                checkpoint::load_module(Xception::new(&config.model, device)?, &resume.ema_file())?
+            } else {
+                reporter.note(
+                    "the checkpoint has no EMA weights: the average restarts from the current weights",
+                );
+                model.valid()
+            };
+            Some(Ema::resume(
+                averaged,
+                decay,
+                config.training.ema_warmup,
+                resume.state.ema_updates,
+            ))
+        }
+    };
+    let mut state = resume.state.clone();
+    state.config_hash = config.hash();
+    Ok(Restored {
+        model,
+        ema,
+        optimizer,
+        state,
+    })
+}
+
+/// A fresh model on `train_device` from the seed (or `training.init_from`), its EMA, an
+/// empty optimizer, and the state before the first step (`first_lr` its learning rate).
+pub(super) fn fresh(
+    config: &TrainConfig,
+    train_device: &Device,
+    device: &Device,
+    first_lr: f64,
+    reporter: &mut dyn Reporter,
+) -> Result<Restored, TrainError> {
+    let mut model = Xception::new(&config.model, train_device)?;
+    if let Some(init) = &config.training.init_from {
+        model = initialise_from(model, config, init, device, reporter)?;
+    }
+    let ema = config
+        .training
+        .ema_decay
+        .map(|decay| Ema::new(&model, decay, config.training.ema_warmup));
+    let state = TrainState {
+        format: checkpoint::FORMAT,
+        epoch: 0,
+        step: 0,
+        batch_in_epoch: 0,
+        samples_seen: 0,
+        lr: first_lr,
+        ema_updates: 0,
+        seed: config.training.seed,
+        config_hash: config.hash(),
+        best: None,
+        reason: String::new(),
+        running: ClassificationMeter::default(),
+    };
+    Ok(Restored {
+        model,
+        ema,
+        optimizer: Optimizer::new(config.optimizer.clone()),
+        state,
+    })
+}
+
+/// Starts `model` from the weights at `init` (`training.init_from`).
+fn initialise_from(
+    model: Xception,
+    config: &TrainConfig,
+    init: &Path,
+    device: &Device,
+    reporter: &mut dyn Reporter,
+) -> Result<Xception, TrainError> {
+    let init_error = |reason: String| TrainError::InitFrom {
+        path: init.to_path_buf(),
+        reason,
+    };
+    // A run directory stands for its best checkpoint (else its newest).
+    let source = if init.join("checkpoints").is_dir() {
+        let newest = checkpoint::latest(&init.join("checkpoints"))?;
+        let state = Checkpoint::open(&newest)?.state;
+        match state
+            .best
+            .map(|b| init.join("checkpoints").join(b.checkpoint))
+        {
+            Some(best) if best.is_dir() => best,
+            _ => newest,
+        }
+    } else {
+        init.to_path_buf()
+    };
+    let loaded = weights::load(&source, false, device).map_err(|e| init_error(e.to_string()))?;
+    let (from, to) = (&loaded.config, &config.model);
+    let architecture =
+        |c: &XceptionConfig| (c.width, c.middle_blocks, c.residual, c.mid_activation);
+    if architecture(from) != architecture(to) {
+        return Err(init_error(format!(
+            "its architecture (width {}, middle_blocks {}, residual {}, mid_activation {:?}) differs from [model]'s (width {}, middle_blocks {}, residual {}, mid_activation {:?})",
+            from.width,
+            from.middle_blocks,
+            from.residual,
+            from.mid_activation,
+            to.width,
+            to.middle_blocks,
+            to.residual,
+            to.mid_activation
+        )));
+    }
+    let mut tensors = interop::tensors_by_path(&loaded.model);
+    if from.num_classes != to.num_classes {
+        tensors.retain(|path, _| !path.starts_with("predictions."));
+        reporter.note(&format!(
+            "initialised from {}; the classifier is re-initialised ({} -> {} classes)",
+            loaded.source, from.num_classes, to.num_classes
+        ));
+    } else {
+        reporter.note(&format!("initialised from {}", loaded.source));
+    }
+    interop::assign(model, tensors).map_err(|e| init_error(e.to_string()))
+}
