@@ -99,7 +99,7 @@ fn squared_norm(
     fallback: &Device,
 ) -> Tensor<1> {
     let mut on_device = Vec::new();
-    let mut on_host = 0.0;
+    let mut on_host: Option<f64> = None;
     let mut device: Option<Device> = None;
     for id in order {
         let Some(grad) = grads.remove(id) else {
@@ -108,7 +108,7 @@ fn squared_norm(
         device.get_or_insert_with(|| grad.device());
         let grad = if host::Values::can_take(&grad) {
             let values = host::Values::take(grad);
-            on_host += host::sum_of_squares(values.slice());
+            *on_host.get_or_insert(0.0) += host::sum_of_squares(values.slice());
             values.into_tensor()
         } else {
             on_device.push(grad.clone().square().sum());
@@ -117,11 +117,11 @@ fn squared_norm(
         grads.insert(*id, grad);
     }
     let device = device.unwrap_or_else(|| fallback.clone());
-    let host_part = Tensor::<1>::from_floats([on_host as f32], &device);
-    if on_device.is_empty() {
-        host_part
-    } else {
-        Tensor::cat(on_device, 0).sum() + host_part
+    let host_part = |sum: f64| Tensor::<1>::from_floats([sum as f32], &device);
+    match (on_device.is_empty(), on_host) {
+        (true, sum) => host_part(sum.unwrap_or(0.0)),
+        (false, None) => Tensor::cat(on_device, 0).sum(),
+        (false, Some(sum)) => Tensor::cat(on_device, 0).sum() + host_part(sum),
     }
 }
 

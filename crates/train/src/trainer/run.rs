@@ -12,9 +12,9 @@ use xception_model::Xception;
 
 use super::data::{loaders, open_split};
 use super::start::{self, Restored};
-use super::tally::{PendingStep, Tally, slot};
+use super::tally::{self, PendingStep, Tally, slot};
 use super::{Outcome, RunOptions, RunSummary, TrainError, io_error};
-use crate::checkpoint::{self, CheckpointContents, TrainState};
+use crate::checkpoint::{self, CheckpointContents, Recovered, TrainState};
 use crate::config::TrainConfig;
 use crate::ema::Ema;
 use crate::metrics::batch_tally;
@@ -86,11 +86,17 @@ impl<'a> Run<'a> {
         let run_dir = options.run_dir.clone();
         let checkpoints = run_dir.join("checkpoints");
         std::fs::create_dir_all(&run_dir).map_err(io_error(&run_dir))?;
-        for partial in checkpoint::remove_partial(&checkpoints)? {
-            reporter.note(&format!(
-                "removed the partial checkpoint {} of an interrupted write",
-                partial.display()
-            ));
+        for recovered in checkpoint::recover(&checkpoints)? {
+            reporter.note(&match recovered {
+                Recovered::Removed(path) => format!(
+                    "removed {}, left by an interrupted checkpoint write",
+                    path.display()
+                ),
+                Recovered::Restored(path) => format!(
+                    "restored the complete checkpoint {} that an interrupted write had moved aside",
+                    path.display()
+                ),
+            });
         }
         let resume = start::resume_point(config, options, &checkpoints, reporter)?;
 
@@ -251,7 +257,11 @@ impl<'a> Run<'a> {
             (None, Vec::new(), Vec::new(), Vec::new());
         for share in shares {
             let weight = share.images as f64 / images as f64;
-            let weighted = share.loss.mul_scalar(weight);
+            let weighted = if weight == 1.0 {
+                share.loss
+            } else {
+                share.loss.mul_scalar(weight)
+            };
             loss = Some(match loss {
                 Some(loss) => loss + weighted,
                 None => weighted,
@@ -283,11 +293,7 @@ impl<'a> Run<'a> {
             .tally
             .unwrap_or_else(|| Tensor::zeros([slot::NORM], &self.device));
         let values = Tensor::cat(vec![tally, norm], 0);
-        let finite = values
-            .clone()
-            .slice(slot::LOSS..slot::LOSS + 1)
-            .is_finite()
-            .bool_and(values.clone().slice(slot::NORM..slot::NORM + 1).is_finite());
+        let finite = tally::finite(&values);
         // Moved, not cloned: the fused CPU loop then updates the weights' buffers in place.
         if let Some(model) = self.model.take() {
             let model = self.optimizer.step_if(model, grads, lr, finite);

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use burn::tensor::Tensor;
+use burn::tensor::{Bool, Tensor};
 
 /// Where each value sits in a step's tensor.
 pub(super) mod slot {
@@ -18,6 +18,14 @@ pub(super) mod slot {
     pub const NORM: usize = 4;
     /// Values per step.
     pub const LEN: usize = 5;
+}
+
+/// Whether a step's values (laid out by [`slot`]) are all finite, which they are exactly when
+/// its loss and gradient norm are (the others are counts and the loss times an image count):
+/// the one-element flag the optimizer applies the step under, computed on the device in
+/// three operations (`x * 0` is 0 for a finite `x`, NaN otherwise).
+pub(super) fn finite(values: &Tensor<1>) -> Tensor<1, Bool> {
+    values.clone().mul_scalar(0.0).sum().equal_elem(0.0)
 }
 
 /// A step taken but not yet read back: what the host knows of it, and its device values.
@@ -129,5 +137,81 @@ impl Tally {
             .collect();
         *self = Self::new();
         (read, throughput)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Device, TensorData};
+
+    use super::*;
+
+    fn values(loss: f32, norm: f32) -> Tensor<1> {
+        Tensor::from_data(
+            TensorData::new(vec![loss, loss * 4.0, 3.0, 4.0, norm], [slot::LEN]),
+            &Device::flex(),
+        )
+    }
+
+    fn read_back(values: Tensor<1>) -> ReadStep {
+        let mut tally = Tally::new();
+        tally.push(PendingStep {
+            epoch: 0,
+            step: 1,
+            batch_in_epoch: 1,
+            samples: 4,
+            lr: 0.1,
+            batches: 1,
+            images: 4,
+            values,
+        });
+        let (mut steps, _) = tally.read();
+        steps.remove(0)
+    }
+
+    #[test]
+    fn a_finite_loss_with_a_non_finite_gradient_norm_is_not_finite() {
+        for (loss, norm, expected) in [
+            (2.0, 1.5, true),
+            (2.0, f32::NAN, false),
+            (2.0, f32::INFINITY, false),
+            (f32::NAN, 1.5, false),
+            (f32::INFINITY, 1.5, false),
+        ] {
+            let flag = finite(&values(loss, norm)).int().into_scalar::<i64>() != 0;
+            assert_eq!(flag, expected, "loss {loss}, norm {norm} on the device");
+            assert_eq!(
+                read_back(values(loss, norm)).finite(),
+                expected,
+                "loss {loss}, norm {norm} read back"
+            );
+        }
+    }
+
+    #[test]
+    fn steps_are_read_back_in_order_with_their_values() {
+        let mut tally = Tally::new();
+        for step in 1..=3u64 {
+            tally.push(PendingStep {
+                epoch: 0,
+                step,
+                batch_in_epoch: step,
+                samples: 4 * step,
+                lr: 0.1,
+                batches: 2,
+                images: 4,
+                values: values(step as f32, 0.5),
+            });
+        }
+        let (steps, throughput) = tally.read();
+        assert_eq!(steps.len(), 3);
+        for (index, read) in steps.iter().enumerate() {
+            assert_eq!(read.pending.step, index as u64 + 1);
+            // Two batches: the step's loss is the mean of their losses.
+            assert_eq!(read.loss(), (index + 1) as f64 / 2.0);
+            assert_eq!(read.grad_norm(), 0.5);
+        }
+        assert!(throughput.images_per_sec > 0.0);
+        assert!(tally.read().0.is_empty(), "a read empties the tally");
     }
 }
