@@ -5,12 +5,13 @@
 # after the other. On lavapipe (no GPU) the first steps compile the kernels for minutes, so
 # the time per step is taken over steps 11-40 from each run's metrics rows.
 #
-#   scripts/compare_wgpu_step.sh BEFORE AFTER [work dir]
+#   scripts/compare_wgpu_step.sh BEFORE AFTER [work dir] [config]
 #
+# The config (default configs/demo.toml) must be one both binaries read.
 # Prints, per binary, the milliseconds per step over steps 11-40.
 set -euo pipefail
 before=$1 after=$2 work=${3:-$(mktemp -d)}
-config=$(dirname "$0")/../configs/demo.toml
+config=${4:-$(dirname "$0")/../configs/demo.toml}
 export CUBECL_AUTOTUNE_LEVEL=minimal
 for binary in "$before" "$after"; do
     run="$work/run-$(basename "$binary")"

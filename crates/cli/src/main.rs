@@ -90,7 +90,8 @@ enum Command {
     },
     /// Top-1, top-5 and loss of weights on a dataset.
     Eval {
-        /// A checkpoint directory, a .bpk, or a timm/Keras .safetensors or .pth.
+        /// A run directory (its best checkpoint), a checkpoint directory, a .bpk, or a
+        /// timm/Keras .safetensors or .pth.
         #[arg(long)]
         weights: PathBuf,
         /// The dataset folder.
@@ -114,6 +115,10 @@ enum Command {
         /// Use a checkpoint's EMA weights.
         #[arg(long)]
         ema: bool,
+        /// Score by class index even when the dataset's class folders are not the model's
+        /// classes (by default that is refused, naming the first difference).
+        #[arg(long)]
+        by_index: bool,
         /// The device.
         #[arg(long, value_enum, default_value_t = DeviceChoice::Flex)]
         device: DeviceChoice,
@@ -123,7 +128,8 @@ enum Command {
     },
     /// The most likely classes of images.
     Predict {
-        /// A checkpoint directory, a .bpk, or a timm/Keras .safetensors or .pth.
+        /// A run directory (its best checkpoint), a checkpoint directory, a .bpk, or a
+        /// timm/Keras .safetensors or .pth.
         #[arg(long)]
         weights: PathBuf,
         /// Image files.
@@ -336,6 +342,7 @@ fn run(command: Command) -> Result<ExitCode> {
             batch_size,
             workers,
             ema,
+            by_index,
             device,
             json,
         } => weights::eval(weights::EvalArgs {
@@ -347,6 +354,7 @@ fn run(command: Command) -> Result<ExitCode> {
             batch_size,
             workers,
             ema,
+            by_index,
             device,
             json,
         })

@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use xception_data::decode::decode_file;
 use xception_data::rng::Rng;
-use xception_data::{DatasetOptions, Layout, Loader, LoaderConfig, Split, Transform};
+use xception_data::{ClassInfo, DatasetOptions, Layout, Loader, LoaderConfig, Split, Transform};
 use xception_model::interop::Format;
 use xception_train::report::Reporter;
 use xception_train::weights::{self, ExportFormat, ExportSummary};
@@ -20,6 +20,9 @@ use xception_train::{Scores, evaluate};
 use crate::device::DeviceChoice;
 
 fn print_export(summary: &ExportSummary, json: bool) -> Result<()> {
+    for note in &summary.notes {
+        eprintln!("{note}");
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(summary)?);
         return Ok(());
@@ -121,6 +124,7 @@ pub struct EvalArgs {
     pub batch_size: usize,
     pub workers: usize,
     pub ema: bool,
+    pub by_index: bool,
     pub device: DeviceChoice,
     pub json: bool,
 }
@@ -130,6 +134,9 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     let started = Instant::now();
     let device = args.device.device();
     let loaded = weights::load(&args.weights, args.ema, &device)?;
+    for note in &loaded.notes {
+        eprintln!("{note}");
+    }
     let dataset = xception_data::open(
         &args.data,
         args.split,
@@ -145,6 +152,9 @@ pub fn eval(args: EvalArgs) -> Result<()> {
             dataset.classes.len(),
             loaded.config.num_classes
         );
+    }
+    if !args.by_index {
+        check_same_classes(&args.data, &dataset.classes, &loaded.classes)?;
     }
     let crop_pct = args.crop_pct.unwrap_or(loaded.crop_pct);
     if !(crop_pct > 0.0 && crop_pct <= 1.0) {
@@ -191,6 +201,26 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a dataset whose classes (by id, in index order) are not the model's: scores
+/// computed against other labels would be meaningless.
+fn check_same_classes(data: &Path, found: &[ClassInfo], model: &[ClassInfo]) -> Result<()> {
+    let mismatch = found
+        .iter()
+        .zip(model)
+        .enumerate()
+        .find(|(_, (found, model))| found.id != model.id);
+    if let Some((index, (found, model))) = mismatch {
+        bail!(
+            "{}: class {index} is `{}` but the model's class {index} is `{}` ({}); the model was trained on other classes. Pass --by-index to score by class index anyway",
+            data.display(),
+            found.id,
+            model.id,
+            model.name
+        );
+    }
+    Ok(())
+}
+
 /// One class of a prediction.
 #[derive(Serialize)]
 struct Guess {
@@ -222,6 +252,9 @@ pub fn predict(
 ) -> Result<()> {
     let device = device.device();
     let loaded = weights::load(weights_path, ema, &device)?;
+    for note in &loaded.notes {
+        eprintln!("{note}");
+    }
     let crop_pct = crop_pct.unwrap_or(loaded.crop_pct);
     if !(crop_pct > 0.0 && crop_pct <= 1.0) {
         bail!("--crop-pct must be in (0, 1], got {crop_pct}");
@@ -232,9 +265,17 @@ pub fn predict(
         crop_pct,
     };
     let mut predictions = Vec::new();
+    let mut unreadable = 0;
     for image in images {
-        let decoded = decode_file(image)
-            .map_err(|reason| anyhow::anyhow!("{}: {reason}", image.display()))?;
+        let decoded = match decode_file(image) {
+            Ok(decoded) => decoded,
+            Err(reason) => {
+                // Reported and skipped: one bad file must not cost the other predictions.
+                eprintln!("{}: {reason}", image.display());
+                unreadable += 1;
+                continue;
+            }
+        };
         let mut pixels = vec![0f32; 3 * size * size];
         transform.apply(&decoded, &mut Rng::new(0), &mut pixels);
         let input = Tensor::<4>::from_data(TensorData::new(pixels, [1, 3, size, size]), &device);
@@ -269,9 +310,20 @@ pub fn predict(
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&predictions)?);
-        return Ok(());
+    } else {
+        print_predictions(&predictions);
     }
-    for prediction in &predictions {
+    if unreadable > 0 {
+        bail!(
+            "{unreadable} of {} images could not be read (named above)",
+            images.len()
+        );
+    }
+    Ok(())
+}
+
+fn print_predictions(predictions: &[Prediction]) {
+    for prediction in predictions {
         println!("{}", prediction.image.display());
         for guess in &prediction.top {
             println!(
@@ -283,5 +335,4 @@ pub fn predict(
             );
         }
     }
-    Ok(())
 }

@@ -182,3 +182,42 @@ fn train_on_two_devices_and_refuse_resuming_on_one() {
     assert!(rest.status.success(), "{err}");
     assert!(out.contains("finished 1 epochs (6 steps)"), "{out}");
 }
+
+/// The demo's first epoch (31 steps) evaluates with BatchNorm statistics that follow its
+/// data: with the paper's momentum (0.99) they still held most of their initial values, and
+/// the validation loss read in the thousands.
+#[test]
+fn the_demo_evaluates_with_meaningful_statistics_after_its_first_epoch() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/demo.toml");
+    let data = format!(
+        "data.root={:?}",
+        dir.path().join("demo").display().to_string()
+    );
+    let run_dir = dir.path().join("run");
+    let run = run_dir.display().to_string();
+    let steps_per_epoch = "31"; // 1000 images in batches of 32
+    let output = xception(&[
+        "train",
+        config,
+        "--run-dir",
+        &run,
+        "--set",
+        &data,
+        "--stop-at-step",
+        steps_per_epoch,
+    ]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).expect("metrics");
+    let val: serde_json::Value = metrics
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|row| row["kind"] == "val")
+        .expect("an evaluation after the first epoch");
+    // With the paper's momentum: 10% top-1 (chance) and losses in the thousands.
+    for (top1, loss) in [("top1", "loss"), ("ema_top1", "ema_loss")] {
+        let (top1, loss) = (val[top1].as_f64(), val[loss].as_f64());
+        assert!(top1 > Some(30.0), "validation top-1 after one epoch: {val}");
+        assert!(loss < Some(10.0), "validation loss after one epoch: {val}");
+    }
+}

@@ -268,3 +268,63 @@ fn fine_tuning_starts_from_a_run_with_a_new_classifier() {
         "{err}"
     );
 }
+
+/// Copies the dataset at `from` to `to` with every class folder renamed.
+fn renamed_copy(from: &Path, to: &Path) {
+    for split in ["train", "val"] {
+        for class in std::fs::read_dir(from.join(split)).expect("split") {
+            let class = class.expect("entry").path();
+            let name = class.file_name().expect("name").to_string_lossy();
+            let target = to.join(split).join(format!("other-{name}"));
+            std::fs::create_dir_all(&target).expect("mkdir");
+            for file in std::fs::read_dir(&class).expect("class") {
+                let file = file.expect("entry").path();
+                std::fs::copy(&file, target.join(file.file_name().expect("name"))).expect("copy");
+            }
+        }
+    }
+}
+
+#[test]
+fn eval_and_predict_answer_wrong_input_clearly() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (run, _, data) = trained(dir.path());
+
+    // A run directory stands for its best checkpoint.
+    let scores = eval(&run, &data, &[]);
+    let source = scores["weights"].as_str().expect("weights");
+    assert!(source.contains("the run's best"), "{source}");
+
+    // Other classes under the same count are refused, naming the first difference.
+    let other = dir.path().join("other");
+    renamed_copy(&data, &other);
+    let (r, o) = (run.display().to_string(), other.display().to_string());
+    let refused = xception(&["eval", "--weights", &r, "--data", &o]);
+    let err = text(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        err.contains("class 0 is `other-") && err.contains("--by-index"),
+        "{err}"
+    );
+    let by_index = eval(&run, &other, &["--by-index"]);
+    assert_eq!(by_index["images"], scores["images"]);
+
+    // predict reports an unreadable file and goes on with the others.
+    let good = std::fs::read_dir(data.join("val"))
+        .expect("val")
+        .filter_map(|class| std::fs::read_dir(class.ok()?.path()).ok()?.next()?.ok())
+        .map(|file| file.path().display().to_string())
+        .next()
+        .expect("an image");
+    let corrupt = dir.path().join("corrupt.jpg");
+    std::fs::write(&corrupt, b"not an image").expect("write");
+    let corrupt = corrupt.display().to_string();
+    let output = xception(&["predict", "--weights", &r, &good, &corrupt, &good]);
+    let (out, err) = (text(&output.stdout), text(&output.stderr));
+    assert!(!output.status.success(), "{out}");
+    assert_eq!(out.matches(good.as_str()).count(), 2, "{out}");
+    assert!(
+        err.contains("corrupt.jpg") && err.contains("1 of 3 images"),
+        "{err}"
+    );
+}

@@ -43,6 +43,12 @@ pub struct XceptionConfig {
     /// Dropout probability before the classifier, active only in training (0.5 in the paper
     /// for ImageNet, none for JFT).
     pub dropout: f64,
+    /// BatchNorm's momentum in Keras' convention: the weight of the running statistics in
+    /// each update (`running = momentum * running + (1 - momentum) * batch`), which average
+    /// over about `1 / (1 - momentum)` steps. The paper's 0.99 (100 steps) suits ImageNet's
+    /// thousands of steps per epoch; a short run whose weights still change fast evaluates
+    /// on stale statistics unless it is lower.
+    pub bn_momentum: f64,
 }
 
 impl Default for XceptionConfig {
@@ -55,6 +61,7 @@ impl Default for XceptionConfig {
             middle_blocks: 8,
             width: 1.0,
             dropout: 0.5,
+            bn_momentum: 0.99,
         }
     }
 }
@@ -74,6 +81,11 @@ pub enum ConfigError {
     /// `model.dropout` is not a probability below 1.
     #[error("model.dropout must be in [0, 1), got {0}")]
     BadDropout(f64),
+    /// `model.bn_momentum` is not in [0, 1).
+    #[error(
+        "model.bn_momentum must be in [0, 1) (Keras' convention: 0.99 keeps 99% of the running statistics each step), got {0}"
+    )]
+    BadBnMomentum(f64),
 }
 
 impl ConfigError {
@@ -84,6 +96,7 @@ impl ConfigError {
             Self::InputTooSmall(_) => "model.input_size",
             Self::BadWidth(_) => "model.width",
             Self::BadDropout(_) => "model.dropout",
+            Self::BadBnMomentum(_) => "model.bn_momentum",
         }
     }
 }
@@ -102,6 +115,9 @@ impl XceptionConfig {
         }
         if !(self.dropout.is_finite() && (0.0..1.0).contains(&self.dropout)) {
             return Err(ConfigError::BadDropout(self.dropout));
+        }
+        if !(self.bn_momentum.is_finite() && (0.0..1.0).contains(&self.bn_momentum)) {
+            return Err(ConfigError::BadBnMomentum(self.bn_momentum));
         }
         Ok(())
     }
@@ -126,6 +142,7 @@ mod tests {
         assert_eq!(config.middle_blocks, 8);
         assert_eq!(config.width, 1.0);
         assert_eq!(config.dropout, 0.5);
+        assert_eq!(config.bn_momentum, 0.99);
         assert_eq!(config.validate(), Ok(()));
     }
 
@@ -133,7 +150,7 @@ mod tests {
     fn reads_every_field_from_toml_and_fills_the_rest_with_defaults() {
         let config: XceptionConfig = toml::from_str(
             "num_classes = 10\ninput_size = 96\nresidual = false\nmid_activation = \"elu\"\n\
-             middle_blocks = 2\nwidth = 0.25\ndropout = 0.0\n",
+             middle_blocks = 2\nwidth = 0.25\ndropout = 0.0\nbn_momentum = 0.9\n",
         )
         .expect("valid config");
         assert_eq!(
@@ -146,6 +163,7 @@ mod tests {
                 middle_blocks: 2,
                 width: 0.25,
                 dropout: 0.0,
+                bn_momentum: 0.9,
             }
         );
         let partial: XceptionConfig = toml::from_str("num_classes = 5").expect("valid config");
@@ -191,8 +209,19 @@ mod tests {
                 dropout: 1.0,
                 ..Default::default()
             },
+            XceptionConfig {
+                bn_momentum: 1.0,
+                ..Default::default()
+            },
         ];
-        let fields = ["num_classes", "input_size", "width", "width", "dropout"];
+        let fields = [
+            "num_classes",
+            "input_size",
+            "width",
+            "width",
+            "dropout",
+            "bn_momentum",
+        ];
         for (config, field) in cases.iter().zip(fields) {
             let error = config.validate().expect_err("invalid");
             assert!(

@@ -15,8 +15,8 @@ mod xception;
 pub use architecture::{BlockSummary, LayerSummary, Summary};
 pub use config::{ConfigError, MIN_INPUT_SIZE, MidActivation, XceptionConfig};
 pub use xception::{
-    BN_EPSILON, BN_MOMENTUM, ConvBn, DownsampleBlock, FinalBlock, MiddleBlock, ParamCounts,
-    SepConvBn, Stem, Xception, block_param_counts,
+    BN_EPSILON, ConvBn, DownsampleBlock, FinalBlock, MiddleBlock, ParamCounts, SepConvBn, Stem,
+    Xception, block_param_counts,
 };
 
 #[cfg(test)]

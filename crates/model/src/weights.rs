@@ -44,6 +44,8 @@ pub struct WeightsFile {
     pub metadata: HashMap<String, String>,
     /// The names the file used: timm's or Keras' (`None`: Burn's own, a `.bpk`).
     pub names: Option<Format>,
+    /// Lines for the user about what reading it changed (for example float16 widened to f32).
+    pub notes: Vec<String>,
 }
 
 /// A weights file that cannot be read or written.
@@ -124,6 +126,7 @@ fn read_burnpack(path: &Path, device: &Device) -> Result<WeightsFile, WeightsFil
         config,
         metadata,
         names: None,
+        notes: Vec::new(),
     })
 }
 
@@ -132,7 +135,7 @@ fn read_foreign(
     device: &Device,
     expected: Option<Format>,
 ) -> Result<WeightsFile, WeightsFileError> {
-    let tensors = read_foreign_tensors(path)?;
+    let ForeignTensors { tensors, notes } = read_foreign_tensors(path)?;
     let format = detect_format(&tensors);
     if let Some(expected) = expected
         && expected != format
@@ -162,6 +165,7 @@ fn read_foreign(
         config,
         metadata,
         names: Some(format),
+        notes,
     })
 }
 
@@ -193,8 +197,18 @@ fn file_kind(path: &Path) -> Result<FileKind, WeightsFileError> {
     }
 }
 
-/// Reads every tensor of a safetensors or PyTorch file, floats as f32.
-pub fn read_foreign_tensors(path: &Path) -> Result<BTreeMap<String, TensorData>, WeightsFileError> {
+/// The tensors of a foreign file, floats as f32, and what was converted on the way.
+pub struct ForeignTensors {
+    /// Every tensor by its name in the file.
+    pub tensors: BTreeMap<String, TensorData>,
+    /// Lines for the user about conversions (for example float16 tensors widened to f32).
+    pub notes: Vec<String>,
+}
+
+/// Reads every tensor of a safetensors or PyTorch file, floats as f32 (other float types are
+/// converted, and a note says so). A float tensor holding NaN or infinite values is refused,
+/// naming the tensor and the count: such weights would poison every output.
+pub fn read_foreign_tensors(path: &Path) -> Result<ForeignTensors, WeightsFileError> {
     let tensors = match file_kind(path)? {
         FileKind::Pytorch => {
             // Keys exactly as saved: timm's `rep.0, rep.1, rep.3` must not be renumbered.
@@ -213,17 +227,44 @@ pub fn read_foreign_tensors(path: &Path) -> Result<BTreeMap<String, TensorData>,
         }
     };
     let mut out = BTreeMap::new();
+    let mut converted: BTreeMap<String, usize> = BTreeMap::new();
     for (name, tensor) in tensors {
         let data = bridge::to_data(&tensor)
             .map_err(|e| unreadable(path, format!("tensor {name}: {e:?}")))?;
         let data = if data.dtype().is_float() {
-            data.convert::<f32>()
+            if data.dtype() != DType::F32 {
+                *converted.entry(format!("{:?}", data.dtype())).or_default() += 1;
+            }
+            let data = data.convert::<f32>();
+            let bad = data.iter::<f32>().filter(|v| !v.is_finite()).count();
+            if bad > 0 {
+                return Err(unreadable(
+                    path,
+                    format!(
+                        "tensor `{name}` holds {bad} non-finite values (NaN or infinite) of {}: refusing weights that would make every output NaN",
+                        data.num_elements()
+                    ),
+                ));
+            }
+            data
         } else {
             data
         };
         out.insert(name, data);
     }
-    Ok(out)
+    let notes = converted
+        .into_iter()
+        .map(|(dtype, count)| {
+            format!(
+                "{}: converted {count} {dtype} tensors to F32",
+                path.display()
+            )
+        })
+        .collect();
+    Ok(ForeignTensors {
+        tensors: out,
+        notes,
+    })
 }
 
 /// The string metadata of a safetensors file, read from its header alone.
@@ -311,6 +352,9 @@ pub struct ExportSummary {
     pub timm_loadable: bool,
     /// The metadata written.
     pub metadata: BTreeMap<String, String>,
+    /// Lines for the user about conversions made on the way.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// Writes `model` to `out` in `format` with `metadata` (through a temporary file renamed
@@ -360,6 +404,7 @@ pub fn write(
         tensors,
         timm_loadable: format == ExportFormat::Safetensors && interop::timm_compatible(config),
         metadata,
+        notes: Vec::new(),
     })
 }
 
@@ -396,7 +441,9 @@ mod tests {
         // Made with torch.save({'fc.weight': torch.arange(12.).reshape(3, 4),
         // 'fc.bias': float64 [0.5, -1, 2], 'bn1.num_batches_tracked': torch.tensor(7)}).
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_state_dict.pth");
-        let tensors = read_foreign_tensors(&path).expect("a PyTorch state dict");
+        let tensors = read_foreign_tensors(&path)
+            .expect("a PyTorch state dict")
+            .tensors;
         assert_eq!(
             tensors.keys().collect::<Vec<_>>(),
             ["bn1.num_batches_tracked", "fc.bias", "fc.weight"]
@@ -417,7 +464,65 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("weights.h5");
         std::fs::write(&path, b"\x89HDF\r\n\x1a\n...").expect("write");
-        let error = read_foreign_tensors(&path).expect_err("HDF5").to_string();
+        let error = read_foreign_tensors(&path).err().expect("HDF5").to_string();
         assert!(error.contains("keras_h5_to_safetensors.py"), "{error}");
+    }
+
+    fn safetensors_file(
+        dir: &Path,
+        name: &str,
+        dtype: safetensors::Dtype,
+        bytes: &[u8],
+    ) -> PathBuf {
+        let path = dir.join(name);
+        let view = safetensors::tensor::TensorView::new(dtype, vec![3], bytes).expect("view");
+        let bytes = safetensors::serialize([("fc.bias", view)], None).expect("serialize");
+        std::fs::write(&path, bytes).expect("write");
+        path
+    }
+
+    #[test]
+    fn float16_tensors_are_widened_and_said_so() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // 0.5, -1 and 2 as IEEE half-precision bits.
+        let halves: Vec<u8> = [0x3800u16, 0xbc00, 0x4000]
+            .iter()
+            .flat_map(|bits| bits.to_le_bytes())
+            .collect();
+        let path = safetensors_file(
+            dir.path(),
+            "half.safetensors",
+            safetensors::Dtype::F16,
+            &halves,
+        );
+        let read = read_foreign_tensors(&path).expect("float16 is read");
+        let bias = &read.tensors["fc.bias"];
+        assert_eq!(bias.dtype(), DType::F32);
+        assert_eq!(bias.iter::<f32>().collect::<Vec<_>>(), [0.5, -1.0, 2.0]);
+        assert_eq!(read.notes.len(), 1, "{:?}", read.notes);
+        assert!(read.notes[0].contains("1 F16 tensors"), "{:?}", read.notes);
+    }
+
+    #[test]
+    fn non_finite_weights_are_refused_naming_the_tensor() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let values: Vec<u8> = [1.0f32, f32::NAN, f32::INFINITY]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let path = safetensors_file(
+            dir.path(),
+            "nan.safetensors",
+            safetensors::Dtype::F32,
+            &values,
+        );
+        let error = read_foreign_tensors(&path)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            error.contains("`fc.bias` holds 2 non-finite values"),
+            "{error}"
+        );
     }
 }

@@ -15,13 +15,12 @@ use crate::config::{ConfigError, MidActivation, XceptionConfig};
 
 /// Keras' BatchNormalization epsilon, which the official weights were trained with.
 pub const BN_EPSILON: f64 = 1e-3;
-/// Keras' BatchNormalization momentum 0.99 in Burn's convention (weight of the new batch).
-pub const BN_MOMENTUM: f64 = 0.01;
-
-fn batch_norm(channels: usize, device: &Device) -> BatchNorm {
+/// BatchNorm with Keras' epsilon and `keras_momentum` (`model.bn_momentum`: the weight of the
+/// running statistics), which is `1 - momentum` in Burn's convention (the new batch's weight).
+fn batch_norm(channels: usize, keras_momentum: f64, device: &Device) -> BatchNorm {
     BatchNormConfig::new(channels)
         .with_epsilon(BN_EPSILON)
-        .with_momentum(BN_MOMENTUM)
+        .with_momentum(1.0 - keras_momentum)
         .init(device)
 }
 
@@ -63,14 +62,13 @@ pub struct ConvBn {
 impl ConvBn {
     fn new(
         channels: (usize, usize),
-        kernel: usize,
-        stride: usize,
-        padding: PaddingConfig2d,
+        (kernel, stride, padding): (usize, usize, PaddingConfig2d),
+        bn_momentum: f64,
         device: &Device,
     ) -> Self {
         Self {
             conv: conv(channels, kernel, stride, 1, padding, device),
-            bn: batch_norm(channels.1, device),
+            bn: batch_norm(channels.1, bn_momentum, device),
         }
     }
 
@@ -95,11 +93,12 @@ pub struct SepConvBn {
 }
 
 impl SepConvBn {
-    fn new((c_in, c_out): (usize, usize), mid_activation: MidActivation, device: &Device) -> Self {
+    fn new((c_in, c_out): (usize, usize), config: &XceptionConfig, device: &Device) -> Self {
+        let mid_activation = config.mid_activation;
         Self {
             depthwise: conv((c_in, c_in), 3, 1, c_in, PaddingConfig2d::Same, device),
             pointwise: conv((c_in, c_out), 1, 1, 1, PaddingConfig2d::Valid, device),
-            bn: batch_norm(c_out, device),
+            bn: batch_norm(c_out, config.bn_momentum, device),
             mid_activation,
         }
     }
@@ -232,7 +231,9 @@ impl Xception {
         let mut downsample = Vec::new();
         let mut middle_flow = Vec::new();
         let mut final_block = None;
-        let sepconv = |channels, device| SepConvBn::new(channels, config.mid_activation, device);
+        let sepconv = |channels, device| SepConvBn::new(channels, config, device);
+        let conv_bn =
+            |channels, layer, device| ConvBn::new(channels, layer, config.bn_momentum, device);
         for BlockPlan {
             kind,
             in_channels: c_in,
@@ -244,8 +245,8 @@ impl Xception {
             match kind {
                 BlockKind::Stem => {
                     stem = Some(Stem {
-                        conv1: ConvBn::new((c_in, c_mid), 3, 2, PaddingConfig2d::Valid, device),
-                        conv2: ConvBn::new((c_mid, c_out), 3, 1, PaddingConfig2d::Valid, device),
+                        conv1: conv_bn((c_in, c_mid), (3, 2, PaddingConfig2d::Valid), device),
+                        conv2: conv_bn((c_mid, c_out), (3, 1, PaddingConfig2d::Valid), device),
                     })
                 }
                 BlockKind::Downsample { relu_first } => downsample.push(DownsampleBlock {
@@ -258,7 +259,7 @@ impl Xception {
                         .init(),
                     residual: config
                         .residual
-                        .then(|| ConvBn::new((c_in, c_out), 1, 2, PaddingConfig2d::Same, device)),
+                        .then(|| conv_bn((c_in, c_out), (1, 2, PaddingConfig2d::Same), device)),
                 }),
                 BlockKind::Middle => middle_flow.push(MiddleBlock {
                     sepconvs: (0..3).map(|_| sepconv((c_in, c_out), device)).collect(),

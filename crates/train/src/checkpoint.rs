@@ -172,7 +172,11 @@ pub fn write<M: Module + ModuleSnapshot>(
 }
 
 fn save_module<M: ModuleSnapshot>(module: &M, path: &Path) -> Result<(), CheckpointError> {
-    let mut store = SafetensorsStore::from_file(path).metadata("format", "xception-burn");
+    // One metadata entry: the safetensors header lists a map's entries in its hash order, which
+    // changes from process to process, and identical state must give identical files.
+    let mut store = SafetensorsStore::from_file(path)
+        .clear_metadata()
+        .metadata("format", "xception-burn");
     module
         .save_into(&mut store)
         .map_err(|e| corrupt(path, format!("cannot write: {e}")))?;
@@ -363,21 +367,54 @@ pub fn latest(root: &Path) -> Result<PathBuf, CheckpointError> {
         .ok_or_else(|| CheckpointError::NotFound(root.to_path_buf()))
 }
 
-/// Removes partial checkpoints (`.tmp-*`, `.old-*`) left by an interrupted write.
-pub fn remove_partial(root: &Path) -> Result<Vec<PathBuf>, CheckpointError> {
-    let mut removed = Vec::new();
+/// What [`recover`] did with one leftover of an interrupted write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovered {
+    /// A partial (`.tmp-*`) or superseded (`.old-*`) copy was deleted.
+    Removed(PathBuf),
+    /// The complete copy that a replacement had moved aside (`.old-NAME`) was put back as
+    /// `NAME`: the write crashed between its two renames.
+    Restored(PathBuf),
+}
+
+/// Cleans up after an interrupted [`write`]: `.tmp-*` directories are partial by construction
+/// and deleted; `.old-NAME` (a complete checkpoint moved aside while its replacement was
+/// renamed into place) is deleted when `NAME` exists, and renamed back to `NAME` when it does
+/// not. So a crash at any instant of a replacement leaves a complete `NAME` after this.
+pub fn recover(root: &Path) -> Result<Vec<Recovered>, CheckpointError> {
+    let mut done = Vec::new();
     if !root.exists() {
-        return Ok(removed);
+        return Ok(done);
     }
+    let mut leftovers: Vec<(String, PathBuf)> = Vec::new();
     for entry in fs::read_dir(root).map_err(io(root))? {
         let entry = entry.map_err(io(root))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.starts_with(".tmp-") || name.starts_with(".old-") {
-            fs::remove_dir_all(entry.path()).map_err(io(&entry.path()))?;
-            removed.push(entry.path());
+            leftovers.push((name, entry.path()));
         }
     }
-    Ok(removed)
+    // Moved-aside copies first, so a restored name is never taken by a leftover `.tmp-`.
+    leftovers.sort_by_key(|(name, _)| !name.starts_with(".old-"));
+    for (name, path) in leftovers {
+        let target = name
+            .strip_prefix(".old-")
+            .map(|original| root.join(original));
+        match target {
+            Some(target) if !target.exists() => {
+                fs::rename(&path, &target).map_err(io(&path))?;
+                done.push(Recovered::Restored(target));
+            }
+            _ => {
+                fs::remove_dir_all(&path).map_err(io(&path))?;
+                done.push(Recovered::Removed(path));
+            }
+        }
+    }
+    if !done.is_empty() {
+        sync_dir(root)?;
+    }
+    Ok(done)
 }
 
 /// Deletes all but the newest `keep_last` checkpoints and the one named `keep` (the best).
@@ -408,6 +445,61 @@ mod tests {
         let dir = root.join(checkpoint_name(step));
         fs::create_dir_all(&dir).expect("mkdir");
         fs::write(dir.join(STATE_FILE), "{}").expect("state");
+    }
+
+    #[test]
+    fn identical_state_gives_identical_files() {
+        use burn::nn::LinearConfig;
+        use burn::tensor::Device;
+        let root = tempfile::tempdir().expect("temp dir");
+        let model = LinearConfig::new(3, 2).init(&Device::flex());
+        let bytes: Vec<Vec<u8>> = (0..8)
+            .map(|i| {
+                let path = root.path().join(format!("model-{i}.safetensors"));
+                save_module(&model, &path).expect("save");
+                fs::read(&path).expect("read")
+            })
+            .collect();
+        assert!(bytes.iter().all(|b| *b == bytes[0]), "the files differ");
+    }
+
+    /// The leftovers of a replacement of `step-5` interrupted at each instant between its
+    /// renames, and what must be found after recovery.
+    #[test]
+    fn a_replacement_interrupted_at_any_instant_leaves_a_complete_checkpoint() {
+        let old_copy = |root: &Path| root.join(format!(".old-{}", checkpoint_name(5)));
+        let new_copy = |root: &Path| root.join(format!(".tmp-{}", checkpoint_name(5)));
+        let mark = |dir: &Path, which: &str| fs::write(dir.join("which"), which).expect("mark");
+        // (old checkpoint moved aside?, new copy renamed into place?, old copy deleted?)
+        for (moved_aside, renamed, deleted) in [
+            (false, false, false),
+            (true, false, false),
+            (true, true, false),
+            (true, true, true),
+        ] {
+            let root = tempfile::tempdir().expect("temp dir");
+            let root = root.path();
+            fake(root, 5);
+            mark(&root.join(checkpoint_name(5)), "old");
+            fs::create_dir_all(new_copy(root)).expect("tmp");
+            fs::write(new_copy(root).join(STATE_FILE), "{}").expect("state");
+            mark(&new_copy(root), "new");
+            if moved_aside {
+                fs::rename(root.join(checkpoint_name(5)), old_copy(root)).expect("aside");
+            }
+            if renamed {
+                fs::rename(new_copy(root), root.join(checkpoint_name(5))).expect("in place");
+            }
+            if deleted {
+                fs::remove_dir_all(old_copy(root)).expect("delete");
+            }
+            recover(root).expect("recover");
+            let found = fs::read_to_string(root.join(checkpoint_name(5)).join("which"))
+                .expect("a complete step-5");
+            assert_eq!(found, if renamed { "new" } else { "old" });
+            assert!(!old_copy(root).exists() && !new_copy(root).exists());
+            assert_eq!(list(root).expect("list").len(), 1);
+        }
     }
 
     #[test]

@@ -70,8 +70,9 @@ pub enum OptimizerConfig {
         #[serde(default)]
         nesterov: bool,
         /// Added to the gradient as `weight_decay * w` (PyTorch's and TF-slim's convention;
-        /// Keras' `l2(x)` regulariser adds `2 * x * w`, i.e. `weight_decay = 2x` here).
-        #[serde(default)]
+        /// Keras' `l2(x)` regulariser adds `2 * x * w`, i.e. `weight_decay = 2x` here). The
+        /// paper's 1e-5 when absent.
+        #[serde(default = "default_sgd_weight_decay")]
         weight_decay: f64,
         /// Whether BatchNorm scales and shifts and biases are decayed too.
         #[serde(default)]
@@ -94,6 +95,10 @@ pub enum OptimizerConfig {
         #[serde(default)]
         decay_norm_and_bias: bool,
     },
+}
+
+fn default_sgd_weight_decay() -> f64 {
+    1e-5
 }
 
 fn default_rms_decay() -> f64 {
@@ -617,6 +622,20 @@ mod tests {
             .expect_err("not a section")
             .to_string();
         assert!(error.contains("batch_size"), "{error}");
+    }
+
+    #[test]
+    fn sgd_without_weight_decay_gets_the_papers() {
+        let config = parse("[optimizer]\nkind = \"sgd\"\nmomentum = 0.9\n", &[]).expect("ok");
+        assert_eq!(config.optimizer, OptimizerConfig::default());
+        let config = parse(
+            "[optimizer]\nkind = \"sgd\"\nmomentum = 0.9\nweight_decay = 0.0\n",
+            &[],
+        )
+        .expect("ok");
+        assert!(
+            matches!(config.optimizer, OptimizerConfig::Sgd { weight_decay, .. } if weight_decay == 0.0)
+        );
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub struct Weights {
     pub source: String,
     /// The evaluation crop of the run that trained them (0.875 when unknown).
     pub crop_pct: f64,
+    /// Lines for the user about what reading them changed (for example float16 widened).
+    pub notes: Vec<String>,
 }
 
 /// Weights that cannot be read or written.
@@ -159,31 +161,62 @@ fn load_file(
         classes,
         source,
         crop_pct: 0.875,
+        notes: file.notes,
     })
 }
 
-/// Reads weights from `path`: a checkpoint directory (`ema` picks its averaged weights), a
-/// `.bpk` written by `xception export`/`import`, or a safetensors/PyTorch file with timm's
-/// or Keras' names.
+/// The checkpoint a run directory stands for: its best (by validation top-1), else its newest.
+fn run_checkpoint(run_dir: &Path) -> Result<PathBuf, WeightsError> {
+    let checkpoints = run_dir.join("checkpoints");
+    let newest = checkpoint::latest(&checkpoints)?;
+    let best = Checkpoint::open(&newest)?
+        .state
+        .best
+        .map(|best| checkpoints.join(best.checkpoint));
+    Ok(match best {
+        Some(best) if best.is_dir() => best,
+        _ => newest,
+    })
+}
+
+/// Reads weights from `path`: a run directory (its best checkpoint, else its newest), a
+/// checkpoint directory (`ema` picks its averaged weights), a `.bpk` written by `xception
+/// export`/`import`, or a safetensors/PyTorch file with timm's or Keras' names. The
+/// [`Weights::source`] says which.
 pub fn load(path: &Path, ema: bool, device: &Device) -> Result<Weights, WeightsError> {
     if !path.is_dir() {
         return load_file(path, device, None);
     }
-    let info = checkpoint_info(path)?;
+    let (dir, of_run) = if path.join("checkpoints").is_dir() {
+        (run_checkpoint(path)?, true)
+    } else {
+        (path.to_path_buf(), false)
+    };
+    let info = checkpoint_info(&dir)?;
     let file = checkpoint_weights_file(&info, ema)?;
     let model = Xception::new(&info.config.model, device)?;
     let model = checkpoint::load_module(model, &file)?;
+    let best = info.checkpoint.state.best.as_ref();
+    let which = match best {
+        _ if !of_run => String::new(),
+        Some(best) if dir.ends_with(&best.checkpoint) => format!(
+            ", the run's best: top-1 {:.2}% after epoch {}",
+            best.top1, best.epochs_done
+        ),
+        _ => ", the run's newest".to_string(),
+    };
     Ok(Weights {
         model,
         config: info.config.model.clone(),
         classes: info.classes,
         source: format!(
-            "{} (step {}{})",
-            path.display(),
+            "{} (step {}{}{which})",
+            dir.display(),
             info.checkpoint.state.step,
             if ema { ", EMA weights" } else { "" }
         ),
         crop_pct: info.config.data.eval_crop_pct,
+        notes: Vec::new(),
     })
 }
 
@@ -247,5 +280,7 @@ pub fn import_file(
 ) -> Result<ExportSummary, WeightsError> {
     let mut weights = load_file(file, device, Some(from))?;
     weights.source = format!("imported from {}", file.display());
-    write_export(&weights, ExportFormat::Burnpack, out)
+    let mut summary = write_export(&weights, ExportFormat::Burnpack, out)?;
+    summary.notes = weights.notes;
+    Ok(summary)
 }

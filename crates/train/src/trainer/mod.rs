@@ -12,7 +12,7 @@
 //!
 //! **When a non-finite step is caught.** Each step computes, on the device, whether its loss
 //! and gradient norm are finite; the optimizer applies the step only where they are (the
-//! weights and optimizer state keep their values otherwise, with nothing read back). The
+//! weights keep their values otherwise, with nothing read back). The
 //! host learns of it at the next read of the step metrics: every `logging.every_steps` steps,
 //! before every checkpoint and at the end of each epoch. The run then stops with
 //! [`TrainError::NonFiniteLoss`] naming the step; no checkpoint is written after that step,

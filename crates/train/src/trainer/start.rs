@@ -228,21 +228,7 @@ fn initialise_from(
         path: init.to_path_buf(),
         reason,
     };
-    // A run directory stands for its best checkpoint (else its newest).
-    let source = if init.join("checkpoints").is_dir() {
-        let newest = checkpoint::latest(&init.join("checkpoints"))?;
-        let state = Checkpoint::open(&newest)?.state;
-        match state
-            .best
-            .map(|b| init.join("checkpoints").join(b.checkpoint))
-        {
-            Some(best) if best.is_dir() => best,
-            _ => newest,
-        }
-    } else {
-        init.to_path_buf()
-    };
-    let loaded = weights::load(&source, false, device).map_err(|e| init_error(e.to_string()))?;
+    let loaded = weights::load(init, false, device).map_err(|e| init_error(e.to_string()))?;
     let (from, to) = (&loaded.config, &config.model);
     let architecture =
         |c: &XceptionConfig| (c.width, c.middle_blocks, c.residual, c.mid_activation);
@@ -258,6 +244,9 @@ fn initialise_from(
             to.residual,
             to.mid_activation
         )));
+    }
+    for note in &loaded.notes {
+        reporter.note(note);
     }
     let mut tensors = interop::tensors_by_path(&loaded.model);
     if from.num_classes != to.num_classes {
