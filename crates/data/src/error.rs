@@ -6,12 +6,12 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     /// A file or folder could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     Io {
         /// The file or folder.
         path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
+        /// The underlying error (in the message, so not also a `source()`).
+        cause: std::io::Error,
     },
     /// The folder matches none of the supported layouts.
     #[error("{path} is not a dataset: {reason}")]
@@ -62,5 +62,5 @@ pub enum DataError {
 
 pub(crate) fn io_error(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> DataError {
     let path = path.into();
-    move |source| DataError::Io { path, source }
+    move |cause| DataError::Io { path, cause }
 }

@@ -55,12 +55,12 @@ pub enum WeightsFileError {
     #[error(transparent)]
     Model(#[from] ConfigError),
     /// The tensors do not fit the model.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Tensors {
         /// The file.
         path: PathBuf,
-        /// What does not fit.
-        source: InteropError,
+        /// What does not fit (in the message, so not also a `source()`).
+        cause: InteropError,
     },
     /// The file cannot be read or written as what it claims to be.
     #[error("{path}: {reason}")]
@@ -154,10 +154,10 @@ fn read_foreign(
         None => infer_config(path, format, &tensors)?,
     };
     let model = Xception::new(&config, device)?;
-    let model = interop::import(model, &config, format, tensors).map_err(|source| {
+    let model = interop::import(model, &config, format, tensors).map_err(|cause| {
         WeightsFileError::Tensors {
             path: path.to_path_buf(),
-            source,
+            cause,
         }
     })?;
     Ok(WeightsFile {

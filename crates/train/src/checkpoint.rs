@@ -74,12 +74,12 @@ pub struct Best {
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     /// A file or directory operation failed.
-    #[error("checkpoint {path}: {source}")]
+    #[error("checkpoint {path}: {cause}")]
     Io {
         /// The file or directory.
         path: PathBuf,
-        /// Why.
-        source: std::io::Error,
+        /// Why (in the message, so not also a `source()`).
+        cause: std::io::Error,
     },
     /// A file exists but its content is not what was expected.
     #[error("checkpoint file {path}: {reason}")]
@@ -95,9 +95,9 @@ pub enum CheckpointError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
-    move |source| CheckpointError::Io {
+    move |cause| CheckpointError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     }
 }
 
@@ -445,6 +445,28 @@ mod tests {
         let dir = root.join(checkpoint_name(step));
         fs::create_dir_all(&dir).expect("mkdir");
         fs::write(dir.join(STATE_FILE), "{}").expect("state");
+    }
+
+    /// An error's message and its `source()` chain, as a reporter prints them.
+    fn with_causes(error: &dyn std::error::Error) -> String {
+        let mut text = error.to_string();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            text += &format!(": {cause}");
+            source = cause.source();
+        }
+        text
+    }
+
+    #[test]
+    fn an_error_names_its_cause_once() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let dir = root.path().join(checkpoint_name(1));
+        fs::create_dir_all(&dir).expect("mkdir");
+        let error = read_tensors(&dir.join(MODEL_FILE)).err().expect("no such file");
+        let text = with_causes(&error);
+        assert!(text.contains(MODEL_FILE), "{text}");
+        assert_eq!(text.matches("os error").count(), 1, "{text}");
     }
 
     #[test]

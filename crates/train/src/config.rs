@@ -242,12 +242,12 @@ pub struct TrainConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigFileError {
     /// The file cannot be read.
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {cause}")]
     Read {
         /// The file.
         path: PathBuf,
-        /// Why.
-        source: std::io::Error,
+        /// Why (in the message, so not also a `source()`).
+        cause: std::io::Error,
     },
     /// The file is not valid TOML.
     #[error("config file {path} is not valid TOML: {message}")]
@@ -356,9 +356,9 @@ impl TrainConfig {
 
     /// Reads and checks the config file at `path` with `overrides` applied.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigFileError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigFileError::Read {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         Self::parse(path, &text, overrides)
     }

@@ -44,6 +44,51 @@ pub struct ShareOutput {
     pub grads: GradientsParams,
 }
 
+/// A batch's shares put back together, as one device computing the whole batch would give.
+pub struct Combined {
+    /// The mean loss over all the batch's images (each share's mean loss weighted by its
+    /// fraction of the images), detached, on the first device.
+    pub loss: Tensor<1>,
+    /// Each share's gradients with the same weight, in device order, for
+    /// [`crate::optim::GradientSum::add_shares`].
+    pub grads: Vec<(GradientsParams, f64)>,
+    /// Every image's logits, in batch order.
+    pub logits: Tensor<2>,
+    /// Every image's label, in batch order.
+    pub labels: Tensor<1, Int>,
+}
+
+/// Combines the shares of one batch (in device order, as [`DataParallel::forward_backward`]
+/// returns them); `None` when there are none. Shares of unequal size (a batch that lost an
+/// undecodable image) are weighted by their images: `sum_i (n_i / n) * mean_loss_i` is the
+/// batch's mean loss, and its gradient the same sum of the shares' gradients.
+pub fn combine(shares: Vec<ShareOutput>) -> Option<Combined> {
+    let images: usize = shares.iter().map(|share| share.images).sum();
+    let mut loss: Option<Tensor<1>> = None;
+    let (mut grads, mut logits, mut labels) = (Vec::new(), Vec::new(), Vec::new());
+    for share in shares {
+        let weight = share.images as f64 / images as f64;
+        let weighted = if weight == 1.0 {
+            share.loss
+        } else {
+            share.loss.mul_scalar(weight)
+        };
+        loss = Some(match loss {
+            Some(loss) => loss + weighted,
+            None => weighted,
+        });
+        grads.push((share.grads, weight));
+        logits.push(share.logits);
+        labels.push(share.labels);
+    }
+    Some(Combined {
+        loss: loss?,
+        grads,
+        logits: Tensor::cat(logits, 0),
+        labels: Tensor::cat(labels, 0),
+    })
+}
+
 /// What one device is asked to compute.
 struct Job {
     model: Xception,
@@ -227,8 +272,10 @@ fn compute_share(
     let forward = || {
         device.seed(seed);
         let logits = if frozen {
-            // Only the classifier learns: no gradient flows into the features.
-            let features = model.forward_features(inputs).detach();
+            // Only the classifier learns, and the frozen layers run as at inference: BatchNorm
+            // normalises with its running statistics and leaves them as they are, as Keras
+            // runs a frozen base when fine-tuning. No gradient flows into the features.
+            let features = model.valid().forward_features(inputs.inner()).autodiff();
             model.classify(features)
         } else {
             model.forward(inputs)

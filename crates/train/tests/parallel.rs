@@ -5,10 +5,13 @@
 //! batch's, and the gradient of the whole batch's mean loss is the mean of the devices'.
 //! The devices are the two a CPU-only machine has: flex and ndarray.
 
+use burn::module::Module;
 use burn::tensor::Device;
+use xception_model::{Xception, interop};
+use xception_train::parallel::DataParallel;
 
 mod common;
-use common::{Weights, batch, initial_weights, pixels, step};
+use common::{Weights, batch, initial_weights, model_config, pixels, step};
 
 /// The weights after one step on flex alone and on flex + ndarray (half the batch each).
 fn one_and_two_devices(
@@ -68,4 +71,49 @@ fn two_devices_with_b_images_each_update_like_one_device_with_2b() {
         difference > 1e-3,
         "per-device statistics should show at {path}"
     );
+}
+
+/// Uneven shares (5 images over 2 devices: 3 and 2, as when a batch lost an undecodable image)
+/// are weighted by their images, 3/5 and 2/5. Five copies of one image give every device the
+/// whole batch's BatchNorm statistics, so the update must be one device's; the labels differ
+/// between the shares, so their gradients differ and equal weights (1/2 each) would show.
+#[test]
+fn uneven_shares_are_weighted_by_their_images() {
+    let weights = initial_weights(5);
+    let image = pixels(1, 9);
+    let five: Vec<f32> = (0..5).flat_map(|_| image.iter().copied()).collect();
+    let (one, two) = one_and_two_devices(&weights, five, vec![0, 0, 0, 3, 3]);
+    let (difference, path) = one.weights.max_relative_difference(&two.weights);
+    println!(
+        "one device (5 images) vs two (3 + 2): max relative difference {difference:.2e} at {path}"
+    );
+    assert!(difference < 1e-4, "{path} differs by {difference:.2e}");
+    assert!(
+        (one.loss - two.loss).abs() < 1e-5,
+        "{} vs {}",
+        one.loss,
+        two.loss
+    );
+}
+
+/// During `training.freeze_epochs` the frozen layers run in inference mode: their BatchNorm
+/// running statistics are used and kept (in training mode every forward pass would move
+/// them), and only the classifier gets gradients.
+#[test]
+fn frozen_layers_keep_their_batchnorm_statistics() {
+    let weights = initial_weights(7);
+    let parallel = DataParallel::new(&[Device::flex()]);
+    let model = Xception::new(&model_config(), parallel.main_device()).expect("model");
+    let model = interop::assign(model, weights.clone()).expect("the same shapes");
+    let shares = parallel
+        .forward_backward(&model, batch(pixels(2, 3), vec![0, 1]), true, |_| 7)
+        .expect("a frozen step");
+    let after = interop::tensors_by_path(&model.valid());
+    let statistics: Vec<&String> = weights.keys().filter(|p| p.contains("running")).collect();
+    assert!(!statistics.is_empty());
+    for path in statistics {
+        assert_eq!(weights[path], after[path], "{path} moved in a frozen step");
+    }
+    let learned: Vec<usize> = shares.iter().map(|share| share.grads.len()).collect();
+    assert_eq!(learned, [2], "the classifier's weight and bias alone");
 }

@@ -193,6 +193,16 @@ fn resume_is_exact_on_flex() {
     resume_matches_straight_run(&[Device::flex()], &[]);
 }
 
+/// The JFT recipe's optimizer: RMSprop's two state tensors (mean square, momentum) survive
+/// the checkpoint bit for bit, like SGD's velocity.
+#[test]
+fn resume_is_exact_with_rmsprop() {
+    resume_matches_straight_run(
+        &[Device::flex()],
+        &[r#"optimizer={ kind = "rmsprop", momentum = 0.9, weight_decay = 1e-4 }"#],
+    );
+}
+
 /// Data-parallel on the two devices a CPU-only machine has (flex and ndarray, each with its
 /// own thread, replica and BatchNorm statistics), 2 images each: the same steps, checkpoints
 /// and exact resume as on one device.

@@ -112,12 +112,12 @@ pub enum TrainError {
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
     /// The optimizer state of a checkpoint does not fit.
-    #[error("{file}: {source}")]
+    #[error("{file}: {cause}")]
     OptimizerState {
         /// The state file.
         file: PathBuf,
-        /// What does not fit.
-        source: StateError,
+        /// What does not fit (in the message, so not also a `source()`).
+        cause: StateError,
     },
     /// The config differs from the checkpoint's in fields that change results.
     #[error(
@@ -180,19 +180,19 @@ pub enum TrainError {
     #[error("the model was lost in a failed optimizer step")]
     ModelLost,
     /// A file of the run directory cannot be written.
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}: {cause}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// Why.
-        source: std::io::Error,
+        /// Why (in the message, so not also a `source()`).
+        cause: std::io::Error,
     },
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |source| TrainError::Io {
+    move |cause| TrainError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     }
 }
 

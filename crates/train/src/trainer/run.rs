@@ -19,7 +19,7 @@ use crate::config::TrainConfig;
 use crate::ema::Ema;
 use crate::metrics::batch_tally;
 use crate::optim::{GradientSum, Optimizer, StepGradients};
-use crate::parallel::DataParallel;
+use crate::parallel::{self, DataParallel};
 use crate::plot;
 use crate::record::{MetricsLog, MetricsRow};
 use crate::report::{EvalReport, Reporter, RunStart, StepReport};
@@ -252,32 +252,15 @@ impl<'a> Run<'a> {
             .parallel
             .forward_backward(self.model()?, batch, frozen, seed_of)
             .map_err(TrainError::Device)?;
-        let images: usize = shares.iter().map(|share| share.images).sum();
-        let (mut loss, mut parts, mut logits, mut labels) =
-            (None, Vec::new(), Vec::new(), Vec::new());
-        for share in shares {
-            let weight = share.images as f64 / images as f64;
-            let weighted = if weight == 1.0 {
-                share.loss
-            } else {
-                share.loss.mul_scalar(weight)
-            };
-            loss = Some(match loss {
-                Some(loss) => loss + weighted,
-                None => weighted,
-            });
-            parts.push((share.grads, weight));
-            logits.push(share.logits);
-            labels.push(share.labels);
-        }
-        if let Some(loss) = loss {
-            let tally = batch_tally(loss, Tensor::cat(logits, 0), Tensor::cat(labels, 0)).inner();
-            step.tally = Some(match step.tally.take() {
-                Some(sum) => sum + tally,
-                None => tally,
-            });
-        }
-        step.sum.add_shares(self.model()?, parts);
+        let Some(batch) = parallel::combine(shares) else {
+            return Ok(());
+        };
+        let tally = batch_tally(batch.loss, batch.logits, batch.labels).inner();
+        step.tally = Some(match step.tally.take() {
+            Some(sum) => sum + tally,
+            None => tally,
+        });
+        step.sum.add_shares(self.model()?, batch.grads);
         Ok(())
     }
 

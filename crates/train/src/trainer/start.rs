@@ -144,9 +144,9 @@ pub(super) fn restore(
     let mut optimizer = Optimizer::new(config.optimizer.clone());
     optimizer
         .load_state(&model, resume.optimizer_state()?, device)
-        .map_err(|source| TrainError::OptimizerState {
+        .map_err(|cause| TrainError::OptimizerState {
             file: resume.optimizer_file(),
-            source,
+            cause,
         })?;
     let ema = match config.training.ema_decay {
         None => None,

@@ -10,7 +10,7 @@ use xception_data::HostBatch;
 use xception_model::{Xception, XceptionConfig, interop};
 use xception_train::config::OptimizerConfig;
 use xception_train::optim::{GradientSum, Optimizer};
-use xception_train::parallel::DataParallel;
+use xception_train::parallel::{DataParallel, combine};
 
 pub const SIZE: usize = 71;
 
@@ -78,18 +78,11 @@ pub fn step(
     let shares = parallel
         .forward_backward(&model, batch, false, |_| 7)
         .expect("forward and backward");
-    let total: usize = shares.iter().map(|s| s.images).sum();
-    let mut loss = 0.0;
-    let mut logits = Vec::new();
-    let mut parts = Vec::new();
-    for share in shares {
-        let weight = share.images as f64 / total as f64;
-        loss += weight * f64::from(share.loss.into_scalar::<f32>());
-        logits.extend(share.logits.into_data().iter::<f32>());
-        parts.push((share.grads, weight));
-    }
+    let combined = combine(shares).expect("a non-empty batch");
+    let loss = f64::from(combined.loss.into_scalar::<f32>());
+    let logits: Vec<f32> = combined.logits.into_data().iter::<f32>().collect();
     let mut sum = GradientSum::default();
-    sum.add_shares(&model, parts);
+    sum.add_shares(&model, combined.grads);
     let grads = sum.finish(None, &devices[0]).grads;
     let mut optimizer = Optimizer::new(OptimizerConfig::Sgd {
         momentum: 0.0,
