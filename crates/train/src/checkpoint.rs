@@ -463,7 +463,7 @@ mod tests {
         let root = tempfile::tempdir().expect("temp dir");
         let dir = root.path().join(checkpoint_name(1));
         fs::create_dir_all(&dir).expect("mkdir");
-        let error = read_tensors(&dir.join(MODEL_FILE)).err().expect("no such file");
+        let error = read_tensors(&dir.join(MODEL_FILE)).expect_err("no such file");
         let text = with_causes(&error);
         assert!(text.contains(MODEL_FILE), "{text}");
         assert_eq!(text.matches("os error").count(), 1, "{text}");
