@@ -6,7 +6,7 @@
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::rules::{Rule, Slots};
+use super::rules::{Rule, UpdateRule};
 
 /// Values per task: large enough that a task outweighs its scheduling.
 const CHUNK: usize = 1 << 14;
@@ -102,18 +102,20 @@ pub(super) fn apply(
     let mut slots = slots.into_iter();
     let mut first = slots.next();
     let mut second = slots.next();
-    if first.is_none() && matches!(rule, Rule::Rmsprop { .. }) {
+    if first.is_none() && matches!(rule, Rule::Rmsprop(_)) {
         // TensorFlow 1 starts the mean square at 1.
         first = Some(weights.like_filled(1.0));
     }
     let new_slot = {
         let (w, g) = (weights.slice_mut(), grad.slice_mut());
-        match (first.as_mut(), second.as_mut()) {
-            (None, _) => update_chunks(rule, w, g, None, None),
-            (Some(s0), None) => update_chunks(rule, w, g, Some(s0.slice_mut()), None),
-            (Some(s0), Some(s1)) => {
-                update_chunks(rule, w, g, Some(s0.slice_mut()), Some(s1.slice_mut()))
-            }
+        let (s0, s1) = (
+            first.as_mut().map(Values::slice_mut),
+            second.as_mut().map(Values::slice_mut),
+        );
+        // One loop per rule, so that no value pays for choosing it.
+        match rule {
+            Rule::Sgd(rule) => update_chunks(rule, w, g, s0, s1),
+            Rule::Rmsprop(rule) => update_chunks(rule, w, g, s0, s1),
         }
     };
     match new_slot {
@@ -142,8 +144,8 @@ struct Chunk<'a> {
 
 /// One parallel pass of `rule` over every value. `first` and `second` are the existing state
 /// slots; a slot the rule returns that does not exist yet is written over `grad`.
-fn update_chunks(
-    rule: &Rule,
+fn update_chunks<R: UpdateRule>(
+    rule: &R,
     weights: &mut [f32],
     grad: &mut [f32],
     first: Option<&mut [f32]>,
@@ -168,36 +170,52 @@ fn update_chunks(
     created.first().copied().unwrap_or(NewSlot::None)
 }
 
-/// [`update_chunks`] on one chunk, value by value.
+/// [`update_chunks`] on one chunk, value by value. One loop per combination of existing
+/// slots, over zipped slices, so that the compiler sees which slots exist and vectorises.
 #[inline(always)]
-fn update_chunk(rule: &Rule, chunk: Chunk) -> NewSlot {
+fn update_chunk<R: UpdateRule>(rule: &R, chunk: Chunk) -> NewSlot {
     let Chunk {
         weights,
         grad,
-        mut first,
-        mut second,
+        first,
+        second,
     } = chunk;
-    let mut created = NewSlot::None;
-    for i in 0..weights.len() {
-        let slots: Slots<f32> = [first.as_ref().map(|s| s[i]), second.as_ref().map(|s| s[i])];
-        let (w, [s0, s1]) = rule.apply(weights[i], grad[i], slots, |_| 1.0);
-        weights[i] = w;
-        match (first.as_deref_mut(), s0) {
-            (Some(slot), Some(value)) => slot[i] = value,
-            (None, Some(value)) => {
-                grad[i] = value;
-                created = NewSlot::First;
+    let ones = |_: &f32| 1.0;
+    match (first, second) {
+        (Some(first), Some(second)) => {
+            let values = weights.iter_mut().zip(grad.iter()).zip(first).zip(second);
+            for (((w, g), s0), s1) in values {
+                let (new, [n0, n1]) = rule.apply(*w, *g, [Some(*s0), Some(*s1)], ones);
+                *w = new;
+                *s0 = n0.unwrap_or(*s0);
+                *s1 = n1.unwrap_or(*s1);
             }
-            _ => {}
+            NewSlot::None
         }
-        match (second.as_deref_mut(), s1) {
-            (Some(slot), Some(value)) => slot[i] = value,
-            (None, Some(value)) => {
-                grad[i] = value;
-                created = NewSlot::Second;
+        (Some(first), None) => {
+            let mut created = NewSlot::None;
+            for ((w, g), s0) in weights.iter_mut().zip(grad.iter_mut()).zip(first) {
+                let (new, [n0, n1]) = rule.apply(*w, *g, [Some(*s0), None], ones);
+                *w = new;
+                *s0 = n0.unwrap_or(*s0);
+                if let Some(n1) = n1 {
+                    *g = n1;
+                    created = NewSlot::Second;
+                }
             }
-            _ => {}
+            created
+        }
+        (None, _) => {
+            let mut created = NewSlot::None;
+            for (w, g) in weights.iter_mut().zip(grad.iter_mut()) {
+                let (new, [n0, _]) = rule.apply(*w, *g, [None, None], ones);
+                *w = new;
+                if let Some(n0) = n0 {
+                    *g = n0;
+                    created = NewSlot::First;
+                }
+            }
+            created
         }
     }
-    created
 }

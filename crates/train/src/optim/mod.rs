@@ -26,7 +26,7 @@ use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::tensor::{Bool, Device, Tensor, TensorData};
 
 pub use gradients::{GradientSum, StepGradients};
-use rules::{Rule, Slots};
+use rules::{Rule, Slots, UpdateRule};
 
 use crate::config::OptimizerConfig;
 

@@ -72,31 +72,51 @@ impl Arithmetic for Tensor<1> {
     }
 }
 
-/// One parameter's update: its rule with the step's learning rate and the parameter's decay.
+/// An update rule with the step's learning rate and the parameter's weight decay, as one
+/// expression over [`Arithmetic`] values.
+pub(super) trait UpdateRule: Copy + Send + Sync {
+    /// The weights and state after one step with gradient `grad`. `ones` makes a value like
+    /// `weights` filled with 1 (a state that starts at 1).
+    fn apply<V: Arithmetic>(
+        &self,
+        weights: V,
+        grad: V,
+        slots: Slots<V>,
+        ones: impl FnOnce(&V) -> V,
+    ) -> (V, Slots<V>);
+}
+
+/// Momentum SGD as `torch.optim.SGD`: `g' = g + decay * w`,
+/// `v = momentum * v + (1 - dampening) * g'` (the first step sets `v = g'`),
+/// `w -= lr * v` (Nesterov: `w -= lr * (g' + momentum * v)`). No momentum, no velocity.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Sgd {
+    lr: f32,
+    pub(super) momentum: f32,
+    undamped: f32,
+    nesterov: bool,
+    decay: f32,
+}
+
+/// TensorFlow 1's `RMSPropOptimizer`: `g' = g + decay * w`,
+/// `ms = rho * ms + (1 - rho) * g'^2` (`ms` starts at 1),
+/// `step = momentum * step + lr * g' / sqrt(ms + epsilon)`, `w -= step`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Rmsprop {
+    lr: f32,
+    momentum: f32,
+    rho: f32,
+    /// `1 - rho`, rounded from f64 as TensorFlow's constant is.
+    fresh: f32,
+    epsilon: f32,
+    decay: f32,
+}
+
+/// One parameter's update: the optimizer's rule for this step.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Rule {
-    /// Momentum SGD as `torch.optim.SGD`: `g' = g + decay * w`,
-    /// `v = momentum * v + (1 - dampening) * g'` (the first step sets `v = g'`),
-    /// `w -= lr * v` (Nesterov: `w -= lr * (g' + momentum * v)`). No momentum, no velocity.
-    Sgd {
-        lr: f32,
-        momentum: f32,
-        undamped: f32,
-        nesterov: bool,
-        decay: f32,
-    },
-    /// TensorFlow 1's `RMSPropOptimizer`: `g' = g + decay * w`,
-    /// `ms = rho * ms + (1 - rho) * g'^2` (`ms` starts at 1),
-    /// `step = momentum * step + lr * g' / sqrt(ms + epsilon)`, `w -= step`.
-    Rmsprop {
-        lr: f32,
-        momentum: f32,
-        rho: f32,
-        /// `1 - rho`, rounded from f64 as TensorFlow's constant is.
-        fresh: f32,
-        epsilon: f32,
-        decay: f32,
-    },
+    Sgd(Sgd),
+    Rmsprop(Rmsprop),
 }
 
 /// A parameter's state slots before or after a step, in [`Rule::slot_names`]' order; `None`
@@ -113,26 +133,26 @@ impl Rule {
                 dampening,
                 nesterov,
                 ..
-            } => Self::Sgd {
+            } => Self::Sgd(Sgd {
                 lr,
                 momentum: momentum as f32,
                 undamped: (1.0 - dampening) as f32,
                 nesterov,
                 decay,
-            },
+            }),
             OptimizerConfig::Rmsprop {
                 momentum,
                 decay: rho,
                 epsilon,
                 ..
-            } => Self::Rmsprop {
+            } => Self::Rmsprop(Rmsprop {
                 lr,
                 momentum: momentum as f32,
                 rho: rho as f32,
                 fresh: (1.0 - rho) as f32,
                 epsilon: epsilon as f32,
                 decay,
-            },
+            }),
         }
     }
 
@@ -143,67 +163,75 @@ impl Rule {
             OptimizerConfig::Rmsprop { .. } => &["mean_square", "momentum"],
         }
     }
+}
 
-    /// The weights and state after one step with gradient `grad`. `ones` makes a value like
-    /// `weights` filled with 1 (RMSprop's first mean square).
-    #[inline(always)]
-    pub(super) fn apply<V: Arithmetic>(
+impl UpdateRule for Rule {
+    fn apply<V: Arithmetic>(
         &self,
         weights: V,
         grad: V,
         slots: Slots<V>,
         ones: impl FnOnce(&V) -> V,
     ) -> (V, Slots<V>) {
-        match *self {
-            Self::Sgd {
-                lr,
-                momentum,
-                undamped,
-                nesterov,
-                decay,
-            } => {
-                let grad = decayed(grad, &weights, decay);
-                if momentum == 0.0 {
-                    return (weights.minus(grad.scaled(lr)), [None, None]);
-                }
-                let [velocity, _] = slots;
-                let velocity = match velocity {
-                    Some(velocity) => velocity
-                        .scaled(momentum)
-                        .plus(grad.clone().scaled(undamped)),
-                    None => grad.clone(),
-                };
-                let direction = if nesterov {
-                    grad.plus(velocity.clone().scaled(momentum))
-                } else {
-                    velocity.clone()
-                };
-                (weights.minus(direction.scaled(lr)), [Some(velocity), None])
-            }
-            Self::Rmsprop {
-                lr,
-                momentum,
-                rho,
-                fresh,
-                epsilon,
-                decay,
-            } => {
-                let grad = decayed(grad, &weights, decay);
-                let [mean_square, previous] = slots;
-                let mean_square = mean_square.unwrap_or_else(|| ones(&weights));
-                let mean_square = mean_square
-                    .scaled(rho)
-                    .plus(grad.clone().times(grad.clone()).scaled(fresh));
-                let scaled = grad
-                    .divided_by(mean_square.clone().shifted(epsilon).root())
-                    .scaled(lr);
-                let step = match previous {
-                    Some(previous) => previous.scaled(momentum).plus(scaled),
-                    None => scaled,
-                };
-                (weights.minus(step.clone()), [Some(mean_square), Some(step)])
-            }
+        match self {
+            Self::Sgd(rule) => rule.apply(weights, grad, slots, ones),
+            Self::Rmsprop(rule) => rule.apply(weights, grad, slots, ones),
         }
+    }
+}
+
+impl UpdateRule for Sgd {
+    #[inline(always)]
+    fn apply<V: Arithmetic>(
+        &self,
+        weights: V,
+        grad: V,
+        slots: Slots<V>,
+        _ones: impl FnOnce(&V) -> V,
+    ) -> (V, Slots<V>) {
+        let grad = decayed(grad, &weights, self.decay);
+        if self.momentum == 0.0 {
+            return (weights.minus(grad.scaled(self.lr)), [None, None]);
+        }
+        let [velocity, _] = slots;
+        let velocity = match velocity {
+            Some(velocity) => velocity
+                .scaled(self.momentum)
+                .plus(grad.clone().scaled(self.undamped)),
+            None => grad.clone(),
+        };
+        let direction = if self.nesterov {
+            grad.plus(velocity.clone().scaled(self.momentum))
+        } else {
+            velocity.clone()
+        };
+        (weights.minus(direction.scaled(self.lr)), [Some(velocity), None])
+    }
+}
+
+impl UpdateRule for Rmsprop {
+    #[inline(always)]
+    fn apply<V: Arithmetic>(
+        &self,
+        weights: V,
+        grad: V,
+        slots: Slots<V>,
+        ones: impl FnOnce(&V) -> V,
+    ) -> (V, Slots<V>) {
+        let grad = decayed(grad, &weights, self.decay);
+        let [mean_square, previous] = slots;
+        let mean_square = mean_square.unwrap_or_else(|| ones(&weights));
+        let mean_square = mean_square
+            .scaled(self.rho)
+            .plus(grad.clone().times(grad.clone()).scaled(self.fresh));
+        let scaled = grad
+            .divided_by(mean_square.clone().shifted(self.epsilon).root())
+            .scaled(self.lr);
+        let step = match previous {
+            Some(previous) => previous.scaled(self.momentum).plus(scaled),
+            None => scaled,
+        };
+        (weights.minus(step.clone()), [Some(mean_square), Some(step)])
     }
 }
 
