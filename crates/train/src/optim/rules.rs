@@ -205,7 +205,10 @@ impl UpdateRule for Sgd {
         } else {
             velocity.clone()
         };
-        (weights.minus(direction.scaled(self.lr)), [Some(velocity), None])
+        (
+            weights.minus(direction.scaled(self.lr)),
+            [Some(velocity), None],
+        )
     }
 }
 
