@@ -3,22 +3,26 @@
 //! are averaged (weighted by share) on the first device, where the optimizer steps.
 //!
 //! Built on Burn's own multi-device mechanisms, as `burn-train`'s multi-device learner is:
-//! replicas are `Module::fork`ed onto their device before each step (parameters broadcast
-//! from the first device), gradients come back with `GradientsParams::to_device`, and each
-//! replica runs on its own long-lived thread, because Burn's BatchNorm `RunningState` keeps
-//! one value per thread and averages them when next read. So BatchNorm batch statistics stay
-//! per device (no synchronised BatchNorm, as in PyTorch's DDP) and the running statistics
-//! are the mean over devices.
+//! replicas are made from the first device's model before each step and `Module::fork`ed
+//! onto their device, gradients come back with `GradientsParams::to_device`, and each replica
+//! runs on its own long-lived thread. BatchNorm trains on each device's own batch statistics
+//! (no synchronised BatchNorm, as in PyTorch's DDP); the running statistics become the mean
+//! of the devices', summed in device order on the first device. Burn's own `RunningState`
+//! would average the threads' values in hash-map order, which makes three or more devices
+//! irreproducible in the last bits: each replica gets running statistics of its own
+//! (`valid().train()` gives fresh ones), and [`DataParallel::forward_backward`] writes the
+//! mean into the model.
 //!
 //! Burn 0.22.1 also has a collective `all_reduce`, but only CUDA (and the remote backend)
 //! implement it: on wgpu and the CPU backends it panics. The gather to the first device
 //! used here works on every device, including mixed ones.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread::JoinHandle;
 
-use burn::module::Module;
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -42,6 +46,9 @@ pub struct ShareOutput {
     pub labels: Tensor<1, Int>,
     /// Gradients of the share's mean loss, on the first device.
     pub grads: GradientsParams,
+    /// The replica's BatchNorm running statistics after the share, by path, on the first
+    /// device (empty with one device, whose model updates its own).
+    pub running: Vec<(String, Tensor<1>)>,
 }
 
 /// A batch's shares put back together, as one device computing the whole batch would give.
@@ -165,7 +172,7 @@ impl DataParallel {
             }
             let device = &self.devices[index + 1];
             let job = Job {
-                model: model.clone().fork(device),
+                model: replica(model).fork(device),
                 batch: share,
                 seed: seed_of(index + 1),
                 frozen,
@@ -176,18 +183,22 @@ impl DataParallel {
             sent.push(index);
         }
         let mut outputs = Vec::with_capacity(self.devices.len());
+        let alone = self.workers.is_empty();
         let main = if own.is_empty() {
             None
         } else {
             let device = &self.devices[0];
+            // With one device the model trains in place; with several, device 0 trains a
+            // replica too, so that only the combined statistics reach the model.
+            let own_model = if alone { model.clone() } else { replica(model) };
             Some(compute_share(
-                model,
+                &own_model,
                 own,
                 seed_of(0),
                 frozen,
                 device,
                 device,
-                self.workers.is_empty(),
+                alone,
             ))
         };
         // Every sent job is collected, even after a failure, so no worker is left mid-step.
@@ -206,7 +217,108 @@ impl DataParallel {
         for result in others {
             outputs.push(result?);
         }
+        if !alone {
+            set_running_means(model, &outputs);
+        }
         Ok(outputs)
+    }
+}
+
+/// A copy of `model` for one device's share: the same parameters (ids and values), and
+/// BatchNorm running statistics of its own, so that its updates reach nothing else.
+fn replica(model: &Xception) -> Xception {
+    model.valid().train()
+}
+
+/// The BatchNorm running statistics (`running_mean`, `running_var`) of a module, by path.
+/// Reads the module's synced values: call it on `valid()`, which folds pending updates in.
+#[derive(Default)]
+struct RunningStats {
+    path: Vec<String>,
+    found: Vec<(String, Tensor<1>)>,
+}
+
+impl ModuleVisitor for RunningStats {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if self
+            .path
+            .last()
+            .is_some_and(|name| name.starts_with("running_"))
+        {
+            let value = param.val();
+            let len = value.shape().num_elements();
+            self.found.push((self.path.join("."), value.reshape([len])));
+        }
+    }
+}
+
+fn running_stats(module: &Xception) -> Vec<(String, Tensor<1>)> {
+    let mut stats = RunningStats::default();
+    module.valid().visit(&mut stats);
+    stats.found
+}
+
+/// Writes into `model`'s BatchNorm running statistics the mean of the shares', summed in
+/// device order (the order of `outputs`), so the result is the same on every run.
+fn set_running_means(model: &Xception, outputs: &[ShareOutput]) {
+    let shares = outputs.len();
+    let mut sums: HashMap<String, Tensor<1>> = HashMap::new();
+    for output in outputs {
+        for (path, value) in &output.running {
+            let sum = match sums.remove(path) {
+                Some(sum) => sum + value.clone(),
+                None => value.clone(),
+            };
+            sums.insert(path.clone(), sum);
+        }
+    }
+    let means = sums
+        .into_iter()
+        .map(|(path, sum)| (path, sum.div_scalar(shares as f64)))
+        .collect();
+    // Running statistics are shared state: mapping a clone writes them into `model` itself.
+    let _ = model.clone().map(&mut SetRunning {
+        path: Vec::new(),
+        means,
+    });
+}
+
+struct SetRunning {
+    path: Vec<String>,
+    means: HashMap<String, Tensor<1>>,
+}
+
+impl ModuleMapper for SetRunning {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let Some(mean) = self.means.remove(&self.path.join(".")) else {
+            return param;
+        };
+        param.map(|value| {
+            let dims = value.dims();
+            let home = value.device().without_autodiff();
+            let mean = mean.to_device(&home).reshape(dims);
+            if value.is_autodiff() {
+                mean.autodiff()
+            } else {
+                mean
+            }
+        })
     }
 }
 
@@ -307,11 +419,21 @@ fn compute_share(
             value.to_device(main),
         )
     };
+    let running = if alone {
+        Vec::new()
+    } else {
+        let home = main.clone().without_autodiff();
+        running_stats(model)
+            .into_iter()
+            .map(|(path, value)| (path, value.to_device(&home)))
+            .collect()
+    };
     ShareOutput {
         loss: value,
         images,
         logits,
         labels,
         grads,
+        running,
     }
 }

@@ -117,3 +117,60 @@ fn frozen_layers_keep_their_batchnorm_statistics() {
     let learned: Vec<usize> = shares.iter().map(|share| share.grads.len()).collect();
     assert_eq!(learned, [2], "the classifier's weight and bias alone");
 }
+
+/// Three devices, each with its own images: the BatchNorm running statistics after the step
+/// are the mean of the three devices' (each as a one-device step on its share computes
+/// them), summed in device order, and the same on every run. Burn's own averaging sums in
+/// hash-map order, which moves the last bits from run to run with three or more devices.
+#[test]
+fn running_statistics_of_several_devices_are_their_mean_in_device_order() {
+    let weights = initial_weights(4);
+    #[allow(deprecated)] // ndarray is deprecated upstream; we keep it for our users
+    let devices = [Device::flex(), Device::ndarray(), Device::flex()];
+    let shares: Vec<(Vec<f32>, Vec<i64>)> = (0..3)
+        .map(|d| (pixels(2, 20 + d as u64), vec![d, 3 - d]))
+        .collect();
+    let all_images: Vec<f32> = shares.iter().flat_map(|(x, _)| x.clone()).collect();
+    let all_labels: Vec<i64> = shares.iter().flat_map(|(_, y)| y.clone()).collect();
+    let together = || {
+        step(
+            &devices,
+            &weights,
+            batch(all_images.clone(), all_labels.clone()),
+        )
+    };
+    let (first, second) = (together(), together());
+    let alone: Vec<common::StepResult> = devices
+        .iter()
+        .zip(&shares)
+        .map(|(device, (x, y))| {
+            step(
+                std::slice::from_ref(device),
+                &weights,
+                batch(x.clone(), y.clone()),
+            )
+        })
+        .collect();
+    let mut checked = 0;
+    for (path, combined) in &first.weights.0 {
+        if !path.ends_with("running_mean") && !path.ends_with("running_var") {
+            continue;
+        }
+        let combined: Vec<f32> = combined.iter().collect();
+        let again: Vec<f32> = second.weights.0[path].iter().collect();
+        assert_eq!(combined, again, "{path} differs between two runs");
+        let per_device: Vec<Vec<f32>> = alone
+            .iter()
+            .map(|result| result.weights.0[path].iter().collect())
+            .collect();
+        for (i, value) in combined.iter().enumerate() {
+            let mean = (per_device[0][i] + per_device[1][i] + per_device[2][i]) / 3.0;
+            assert!(
+                (value - mean).abs() <= 1e-6 * mean.abs().max(1.0),
+                "{path}[{i}]: {value} vs the devices' mean {mean}"
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked > 10, "{checked} running statistics");
+}
