@@ -31,6 +31,22 @@ fn one_and_two_devices(
     (one, two)
 }
 
+/// The same loss and weights (BatchNorm statistics included) after both steps.
+fn assert_same_step(one: &common::StepResult, two: &common::StepResult, what: &str) {
+    let (difference, path) = one.weights.max_relative_difference(&two.weights);
+    println!("{what}: max relative difference {difference:.2e} at {path}");
+    assert!(
+        difference < 1e-4,
+        "{what}: {path} differs by {difference:.2e}"
+    );
+    assert!(
+        (one.loss - two.loss).abs() < 1e-5,
+        "{what}: loss {} vs {}",
+        one.loss,
+        two.loss
+    );
+}
+
 #[test]
 fn two_devices_with_b_images_each_update_like_one_device_with_2b() {
     let weights = initial_weights(3);
@@ -42,17 +58,7 @@ fn two_devices_with_b_images_each_update_like_one_device_with_2b() {
         .copied()
         .collect();
     let (one, two) = one_and_two_devices(&weights, twice, vec![1, 3, 1, 3]);
-    let (difference, path) = one.weights.max_relative_difference(&two.weights);
-    println!(
-        "one device (4 images) vs two (2 each): max relative difference {difference:.2e} at {path}"
-    );
-    assert!(difference < 1e-4, "{path} differs by {difference:.2e}");
-    assert!(
-        (one.loss - two.loss).abs() < 1e-5,
-        "{} vs {}",
-        one.loss,
-        two.loss
-    );
+    assert_same_step(&one, &two, "one device (4 images) vs two (2 each)");
 
     // The weights did move (lr 1), and different images on the two devices give another
     // update (per-device BatchNorm statistics): the comparison above can fail.
@@ -83,17 +89,7 @@ fn uneven_shares_are_weighted_by_their_images() {
     let image = pixels(1, 9);
     let five: Vec<f32> = (0..5).flat_map(|_| image.iter().copied()).collect();
     let (one, two) = one_and_two_devices(&weights, five, vec![0, 0, 0, 3, 3]);
-    let (difference, path) = one.weights.max_relative_difference(&two.weights);
-    println!(
-        "one device (5 images) vs two (3 + 2): max relative difference {difference:.2e} at {path}"
-    );
-    assert!(difference < 1e-4, "{path} differs by {difference:.2e}");
-    assert!(
-        (one.loss - two.loss).abs() < 1e-5,
-        "{} vs {}",
-        one.loss,
-        two.loss
-    );
+    assert_same_step(&one, &two, "one device (5 images) vs two (3 + 2)");
 }
 
 /// During `training.freeze_epochs` the frozen layers run in inference mode: their BatchNorm
