@@ -115,6 +115,7 @@ pub(super) fn apply(
         // One loop per rule, so that no value pays for choosing it.
         match rule {
             Rule::Sgd(rule) => update_chunks(rule, w, g, s0, s1),
+            Rule::PlainSgd(rule) => update_chunks(rule, w, g, s0, s1),
             Rule::Rmsprop(rule) => update_chunks(rule, w, g, s0, s1),
         }
     };

@@ -88,13 +88,21 @@ pub(super) trait UpdateRule: Copy + Send + Sync {
 
 /// Momentum SGD as `torch.optim.SGD`: `g' = g + decay * w`,
 /// `v = momentum * v + (1 - dampening) * g'` (the first step sets `v = g'`),
-/// `w -= lr * v` (Nesterov: `w -= lr * (g' + momentum * v)`). No momentum, no velocity.
+/// `w -= lr * v` (Nesterov: `w -= lr * (g' + momentum * v)`).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Sgd {
     lr: f32,
-    pub(super) momentum: f32,
+    momentum: f32,
     undamped: f32,
     nesterov: bool,
+    decay: f32,
+}
+
+/// SGD without momentum: `w -= lr * (g + decay * w)`, no state. A rule of its own, so that
+/// the momentum rule's loop has no branch on it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PlainSgd {
+    lr: f32,
     decay: f32,
 }
 
@@ -116,6 +124,7 @@ pub(super) struct Rmsprop {
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Rule {
     Sgd(Sgd),
+    PlainSgd(PlainSgd),
     Rmsprop(Rmsprop),
 }
 
@@ -128,6 +137,7 @@ impl Rule {
     pub(super) fn new(config: &OptimizerConfig, lr: f64, decay: f64) -> Self {
         let (lr, decay) = (lr as f32, decay as f32);
         match *config {
+            OptimizerConfig::Sgd { momentum: 0.0, .. } => Self::PlainSgd(PlainSgd { lr, decay }),
             OptimizerConfig::Sgd {
                 momentum,
                 dampening,
@@ -175,6 +185,7 @@ impl UpdateRule for Rule {
     ) -> (V, Slots<V>) {
         match self {
             Self::Sgd(rule) => rule.apply(weights, grad, slots, ones),
+            Self::PlainSgd(rule) => rule.apply(weights, grad, slots, ones),
             Self::Rmsprop(rule) => rule.apply(weights, grad, slots, ones),
         }
     }
@@ -190,9 +201,6 @@ impl UpdateRule for Sgd {
         _ones: impl FnOnce(&V) -> V,
     ) -> (V, Slots<V>) {
         let grad = decayed(grad, &weights, self.decay);
-        if self.momentum == 0.0 {
-            return (weights.minus(grad.scaled(self.lr)), [None, None]);
-        }
         let [velocity, _] = slots;
         let velocity = match velocity {
             Some(velocity) => velocity
@@ -209,6 +217,20 @@ impl UpdateRule for Sgd {
             weights.minus(direction.scaled(self.lr)),
             [Some(velocity), None],
         )
+    }
+}
+
+impl UpdateRule for PlainSgd {
+    #[inline(always)]
+    fn apply<V: Arithmetic>(
+        &self,
+        weights: V,
+        grad: V,
+        _slots: Slots<V>,
+        _ones: impl FnOnce(&V) -> V,
+    ) -> (V, Slots<V>) {
+        let grad = decayed(grad, &weights, self.decay);
+        (weights.minus(grad.scaled(self.lr)), [None, None])
     }
 }
 
