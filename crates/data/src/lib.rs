@@ -7,6 +7,8 @@
 //! sample ([`loader`]). It also generates a learnable synthetic dataset ([`synth`]) and checks
 //! datasets file by file ([`check`]). It knows nothing of the model.
 
+#![forbid(unsafe_code)]
+
 pub mod check;
 pub mod classes;
 pub mod dataset;

@@ -6,6 +6,8 @@
 //! summary ([`Summary`]) are both built from it. Its interop maps tensor names and layouts to
 //! timm's and Keras' ([`interop`]) and reads and writes weights files ([`weights`]).
 
+#![forbid(unsafe_code)]
+
 pub mod architecture;
 pub mod config;
 pub mod interop;

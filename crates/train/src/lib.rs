@@ -8,6 +8,8 @@
 //! checkpoint directory, or a weights file through the model crate) with their class names.
 //! It chooses no backend: the binary does.
 
+#![forbid(unsafe_code)]
+
 pub mod checkpoint;
 pub mod config;
 pub mod ema;
