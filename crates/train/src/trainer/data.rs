@@ -94,6 +94,44 @@ pub fn evaluate(
     }
 }
 
+/// The data of a run: its two loaders and what the run reports and saves about them.
+pub(super) struct RunData {
+    pub train_loader: Loader,
+    pub val_loader: Loader,
+    /// The training set's classes, as the checkpoints' `classes.json` holds them.
+    pub classes_json: String,
+    pub train_images: usize,
+    pub val_images: usize,
+}
+
+/// Opens both splits of the configured data (checking the class count against the model)
+/// and their loaders for `devices` devices.
+pub(super) fn open_data(
+    config: &TrainConfig,
+    devices: usize,
+    reporter: &mut dyn Reporter,
+) -> Result<RunData, TrainError> {
+    let train_set = open_split(config, Split::Train, reporter)?;
+    let val_set = open_split(config, Split::Val, reporter)?;
+    if train_set.classes.len() != config.model.num_classes {
+        return Err(TrainError::ClassCount {
+            expected: config.model.num_classes,
+            found: train_set.classes.len(),
+            root: train_set.root.clone(),
+        });
+    }
+    let (train_images, val_images) = (train_set.len(), val_set.len());
+    let classes_json = serde_json::to_string_pretty(&train_set.classes).unwrap_or_default();
+    let (train_loader, val_loader) = loaders(config, devices, train_set, val_set)?;
+    Ok(RunData {
+        train_loader,
+        val_loader,
+        classes_json,
+        train_images,
+        val_images,
+    })
+}
+
 /// The loaders of a config: training (shuffled, augmented, last partial batch dropped) and
 /// validation (in order, central crop, every image).
 pub fn loaders(

@@ -7,14 +7,14 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use xception_data::rng::derive;
-use xception_data::{DataError, HostBatch, Loader, Split};
+use xception_data::{DataError, HostBatch, Loader};
 use xception_model::Xception;
 
-use super::data::{loaders, open_split};
+use super::data::{RunData, open_data};
 use super::start::{self, Restored};
 use super::tally::{self, PendingStep, Tally, slot};
 use super::{Outcome, RunOptions, RunSummary, TrainError, io_error};
-use crate::checkpoint::{self, CheckpointContents, Recovered, TrainState};
+use crate::checkpoint::{self, CheckpointContents, TrainState};
 use crate::config::TrainConfig;
 use crate::ema::Ema;
 use crate::metrics::batch_tally;
@@ -86,32 +86,15 @@ impl<'a> Run<'a> {
         let run_dir = options.run_dir.clone();
         let checkpoints = run_dir.join("checkpoints");
         std::fs::create_dir_all(&run_dir).map_err(io_error(&run_dir))?;
-        for recovered in checkpoint::recover(&checkpoints)? {
-            reporter.note(&match recovered {
-                Recovered::Removed(path) => format!(
-                    "removed {}, left by an interrupted checkpoint write",
-                    path.display()
-                ),
-                Recovered::Restored(path) => format!(
-                    "restored the complete checkpoint {} that an interrupted write had moved aside",
-                    path.display()
-                ),
-            });
-        }
+        start::recover_checkpoints(&checkpoints, reporter)?;
         let resume = start::resume_point(config, options, &checkpoints, reporter)?;
-
-        let train_set = open_split(config, Split::Train, reporter)?;
-        let val_set = open_split(config, Split::Val, reporter)?;
-        if train_set.classes.len() != config.model.num_classes {
-            return Err(TrainError::ClassCount {
-                expected: config.model.num_classes,
-                found: train_set.classes.len(),
-                root: train_set.root.clone(),
-            });
-        }
-        let (train_images, val_images) = (train_set.len(), val_set.len());
-        let classes_json = serde_json::to_string_pretty(&train_set.classes).unwrap_or_default();
-        let (train_loader, val_loader) = loaders(config, devices.len(), train_set, val_set)?;
+        let RunData {
+            train_loader,
+            val_loader,
+            classes_json,
+            train_images,
+            val_images,
+        } = open_data(config, devices.len(), reporter)?;
         let plan = Plan::new(config, devices.len(), &train_loader, train_images)?;
 
         let parallel = DataParallel::new(devices);

@@ -10,7 +10,7 @@ use xception_model::interop;
 use xception_model::{Xception, XceptionConfig};
 
 use super::{ResumeFrom, RunOptions, TrainError, io_error};
-use crate::checkpoint::{self, Checkpoint, CheckpointError, TrainState};
+use crate::checkpoint::{self, Checkpoint, CheckpointError, Recovered, TrainState};
 use crate::config::TrainConfig;
 use crate::ema::Ema;
 use crate::metrics::ClassificationMeter;
@@ -43,6 +43,27 @@ fn recipe_changes(old: &TrainConfig, new: &TrainConfig) -> Vec<String> {
         ));
     }
     changes
+}
+
+/// Cleans up after a checkpoint write that a crash interrupted ([`checkpoint::recover`]),
+/// saying what it did.
+pub(super) fn recover_checkpoints(
+    checkpoints: &Path,
+    reporter: &mut dyn Reporter,
+) -> Result<(), TrainError> {
+    for recovered in checkpoint::recover(checkpoints)? {
+        reporter.note(&match recovered {
+            Recovered::Removed(path) => format!(
+                "removed {}, left by an interrupted checkpoint write",
+                path.display()
+            ),
+            Recovered::Restored(path) => format!(
+                "restored the complete checkpoint {} that an interrupted write had moved aside",
+                path.display()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// The checkpoint `options` asks to continue from, if any, after checking that `config`
