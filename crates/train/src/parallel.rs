@@ -51,7 +51,8 @@ pub struct ShareOutput {
     pub running: Vec<(String, Tensor<1>)>,
 }
 
-/// A batch's shares put back together, as one device computing the whole batch would give.
+/// A batch's shares put back together: the loss and gradients one device computing the whole
+/// batch would give (BatchNorm aside, whose batch statistics are per device).
 pub struct Combined {
     /// The mean loss over all the batch's images (each share's mean loss weighted by its
     /// fraction of the images), detached, on the first device.
@@ -217,7 +218,9 @@ impl DataParallel {
         for result in others {
             outputs.push(result?);
         }
-        if !alone {
+        // Frozen layers ran in inference mode: their statistics did not move, and averaging
+        // equal values in f32 could still move them by an ulp.
+        if !alone && !frozen {
             set_running_means(model, &outputs);
         }
         Ok(outputs)

@@ -6,7 +6,7 @@
 //! The devices are the two a CPU-only machine has: flex and ndarray.
 
 use burn::module::Module;
-use burn::tensor::Device;
+use burn::tensor::{Device, TensorData};
 use xception_model::{Xception, interop};
 use xception_train::parallel::DataParallel;
 
@@ -97,12 +97,34 @@ fn uneven_shares_are_weighted_by_their_images() {
 /// them), and only the classifier gets gradients.
 #[test]
 fn frozen_layers_keep_their_batchnorm_statistics() {
-    let weights = initial_weights(7);
-    let parallel = DataParallel::new(&[Device::flex()]);
+    #[allow(deprecated)] // ndarray is deprecated upstream; we keep it for our users
+    let three = [Device::flex(), Device::ndarray(), Device::flex()];
+    frozen_step_keeps_statistics(&[Device::flex()]);
+    frozen_step_keeps_statistics(&three);
+}
+
+fn frozen_step_keeps_statistics(devices: &[Device]) {
+    // Statistics as a trained model has them: a mean of equal values computed in f32 would
+    // give 0 and 1 back exactly, but not these.
+    let mut weights = initial_weights(7);
+    for (path, data) in weights.iter_mut() {
+        if path.contains("running") {
+            let values: Vec<f32> = (0..data.num_elements())
+                .map(|i| 0.3 + ((i * 7919) % 1000) as f32 / 997.0)
+                .collect();
+            *data = TensorData::new(values, data.shape().to_vec());
+        }
+    }
+    let parallel = DataParallel::new(devices);
     let model = Xception::new(&model_config(), parallel.main_device()).expect("model");
     let model = interop::assign(model, weights.clone()).expect("the same shapes");
     let shares = parallel
-        .forward_backward(&model, batch(pixels(2, 3), vec![0, 1]), true, |_| 7)
+        .forward_backward(
+            &model,
+            batch(pixels(6, 3), vec![0, 1, 2, 3, 0, 1]),
+            true,
+            |_| 7,
+        )
         .expect("a frozen step");
     let after = interop::tensors_by_path(&model.valid());
     let statistics: Vec<&String> = weights.keys().filter(|p| p.contains("running")).collect();
@@ -111,7 +133,11 @@ fn frozen_layers_keep_their_batchnorm_statistics() {
         assert_eq!(weights[path], after[path], "{path} moved in a frozen step");
     }
     let learned: Vec<usize> = shares.iter().map(|share| share.grads.len()).collect();
-    assert_eq!(learned, [2], "the classifier's weight and bias alone");
+    assert_eq!(
+        learned,
+        vec![2; devices.len()],
+        "the classifier's weight and bias alone"
+    );
 }
 
 /// Three devices, each with its own images: the BatchNorm running statistics after the step

@@ -67,10 +67,10 @@ impl ReadStep {
         f64::from(self.values[slot::NORM])
     }
 
-    /// Whether the step was applied: its loss and gradient norm were finite (the optimizer
-    /// skipped it on the device otherwise).
+    /// Whether the step was applied: all its values were finite, the test [`finite`] made on
+    /// the device (the optimizer skipped the step otherwise).
     pub fn finite(&self) -> bool {
-        self.values[slot::LOSS].is_finite() && self.values[slot::NORM].is_finite()
+        self.values.iter().all(|value| value.is_finite())
     }
 }
 
