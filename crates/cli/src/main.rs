@@ -168,44 +168,48 @@ enum Command {
         command: DataCommand,
     },
     /// Measure throughput and write the results (JSON) to a file.
-    Bench {
-        /// What to measure: the data pipeline, or the model's inference or training step on --device.
-        #[arg(long, value_enum, default_value_t = BenchTarget::Data)]
-        target: BenchTarget,
-        /// The device for `--target inference`.
-        #[arg(long, value_enum, default_value_t = DeviceChoice::Flex)]
-        device: DeviceChoice,
-        /// Images per forward pass or step for `--target inference|train`.
-        #[arg(long, default_value_t = 8)]
-        batch: usize,
-        /// Untimed passes before timing `--target inference|train` (compilation, autotuning).
-        #[arg(long, default_value_t = 2)]
-        warmup: usize,
-        /// JPEGs to run the data pipeline on (default: 256 generated 500x375 photo-like JPEGs).
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// Keep the generated photos here, so another tool can read the same files.
-        #[arg(long, conflicts_with = "data_dir")]
-        photos_out: Option<PathBuf>,
-        /// Number of photos to generate.
-        #[arg(long, default_value_t = 256)]
-        photos: usize,
-        /// Worker thread counts to measure, comma-separated.
-        #[arg(long, value_delimiter = ',', default_values_t = [1, 2])]
-        threads: Vec<usize>,
-        /// Image side in pixels: the crop's output (data) or the model's input (inference).
-        #[arg(long, default_value_t = 299)]
-        size: u32,
-        /// Timed passes per measurement (the median is reported).
-        #[arg(long, default_value_t = 3)]
-        repeats: usize,
-        /// Write the results here as JSON.
-        #[arg(long, default_value = "bench-results.json")]
-        out: PathBuf,
-        /// Print JSON instead of a summary.
-        #[arg(long)]
-        json: bool,
-    },
+    Bench(BenchArgs),
+}
+
+/// What `xception bench` measures, and how.
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// What to measure: the data pipeline, or the model's inference or training step on --device.
+    #[arg(long, value_enum, default_value_t = BenchTarget::Data)]
+    target: BenchTarget,
+    /// The device for `--target inference`.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Flex)]
+    device: DeviceChoice,
+    /// Images per forward pass or step for `--target inference|train`.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Untimed passes before timing `--target inference|train` (compilation, autotuning).
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// JPEGs to run the data pipeline on (default: 256 generated 500x375 photo-like JPEGs).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Keep the generated photos here, so another tool can read the same files.
+    #[arg(long, conflicts_with = "data_dir")]
+    photos_out: Option<PathBuf>,
+    /// Number of photos to generate.
+    #[arg(long, default_value_t = 256)]
+    photos: usize,
+    /// Worker thread counts to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 2])]
+    threads: Vec<usize>,
+    /// Image side in pixels: the crop's output (data) or the model's input (inference).
+    #[arg(long, default_value_t = 299)]
+    size: u32,
+    /// Timed passes per measurement (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Write the results here as JSON.
+    #[arg(long, default_value = "bench-results.json")]
+    out: PathBuf,
+    /// Print JSON instead of a summary.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -374,16 +378,21 @@ fn run(command: Command) -> Result<ExitCode> {
             json,
             device,
         } => info::run(config.as_deref(), json, device).map(|()| ExitCode::SUCCESS),
-        Command::Data {
-            command:
-                DataCommand::Synth {
-                    out,
-                    classes,
-                    train_per_class,
-                    val_per_class,
-                    size,
-                    seed,
-                },
+        Command::Data { command } => data_command(command).map(|()| ExitCode::SUCCESS),
+        Command::Bench(args) => bench_command(args).map(|()| ExitCode::SUCCESS),
+    }
+}
+
+/// `xception data synth|check`.
+fn data_command(command: DataCommand) -> Result<()> {
+    match command {
+        DataCommand::Synth {
+            out,
+            classes,
+            train_per_class,
+            val_per_class,
+            size,
+            seed,
         } => data::synth(
             &out,
             &SynthOptions {
@@ -393,80 +402,69 @@ fn run(command: Command) -> Result<ExitCode> {
                 size,
                 seed,
             },
-        )
-        .map(|()| ExitCode::SUCCESS),
-        Command::Data {
-            command:
-                DataCommand::Check {
-                    dir,
-                    layout,
-                    split,
-                    json,
-                },
-        } => {
-            let split = split.map(Split::from);
-            data::run_check(&dir, layout, split, json).map(|()| ExitCode::SUCCESS)
-        }
-        Command::Bench {
-            target: target @ (BenchTarget::Train | BenchTarget::Inference),
-            device,
-            batch,
-            warmup,
-            size,
-            repeats,
-            out,
+        ),
+        DataCommand::Check {
+            dir,
+            layout,
+            split,
             json,
-            ..
-        } => {
-            let size = size as usize;
-            if target == BenchTarget::Train {
-                let result = bench::train_step(device, batch, size, warmup, repeats)?;
-                let memory = result
-                    .peak_rss_mib
-                    .map_or(String::new(), |m| format!(", peak memory {m:.0} MiB"));
-                let phases = &result.phases;
-                let memory = format!(
-                    "{memory} (median s: forward {:.3}, backward {:.3}, update {:.3})",
-                    phases.forward, phases.backward, phases.update
-                );
-                let summary = rate_line(
-                    "training step",
-                    &result.device,
-                    (result.size, result.batch),
-                    result.images_per_second,
-                    &format!("{} steps", result.seconds.len()),
-                ) + &memory;
-                emit_results(&out, json, &result, &summary)?;
-            } else {
-                let result = bench::inference(device, batch, size, warmup, repeats)?;
-                let summary = rate_line(
-                    "inference",
-                    &result.device,
-                    (result.size, result.batch),
-                    result.images_per_second,
-                    &format!("{} passes", result.seconds.len()),
-                );
-                emit_results(&out, json, &result, &summary)?;
-            }
-            Ok(ExitCode::SUCCESS)
+        } => data::run_check(&dir, layout, split.map(Split::from), json),
+    }
+}
+
+/// `xception bench`: the model's training step or inference on a device, or the data
+/// pipeline; the results go to `--out` and a summary (or JSON) to standard output.
+fn bench_command(args: BenchArgs) -> Result<()> {
+    let BenchArgs {
+        target,
+        device,
+        batch,
+        warmup,
+        size,
+        repeats,
+        ref out,
+        json,
+        ..
+    } = args;
+    let size = size as usize;
+    match target {
+        BenchTarget::Train => {
+            let result = bench::train_step(device, batch, size, warmup, repeats)?;
+            let memory = result
+                .peak_rss_mib
+                .map_or(String::new(), |m| format!(", peak memory {m:.0} MiB"));
+            let phases = &result.phases;
+            let memory = format!(
+                "{memory} (median s: forward {:.3}, backward {:.3}, update {:.3})",
+                phases.forward, phases.backward, phases.update
+            );
+            let summary = rate_line(
+                "training step",
+                &result.device,
+                (result.size, result.batch),
+                result.images_per_second,
+                &format!("{} steps", result.seconds.len()),
+            ) + &memory;
+            emit_results(out, json, &result, &summary)
         }
-        Command::Bench {
-            data_dir,
-            photos_out,
-            photos,
-            threads,
-            size,
-            repeats,
-            out,
-            json,
-            ..
-        } => {
+        BenchTarget::Inference => {
+            let result = bench::inference(device, batch, size, warmup, repeats)?;
+            let summary = rate_line(
+                "inference",
+                &result.device,
+                (result.size, result.batch),
+                result.images_per_second,
+                &format!("{} passes", result.seconds.len()),
+            );
+            emit_results(out, json, &result, &summary)
+        }
+        BenchTarget::Data => {
             let report = bench::pipeline(&bench::PipelineBench {
-                dir: data_dir.as_deref(),
-                photos_out: photos_out.as_deref(),
-                photos,
-                threads: &threads,
-                size,
+                dir: args.data_dir.as_deref(),
+                photos_out: args.photos_out.as_deref(),
+                photos: args.photos,
+                threads: &args.threads,
+                size: args.size,
                 repeats,
             })?;
             let mut summary = format!(
@@ -479,7 +477,7 @@ fn run(command: Command) -> Result<ExitCode> {
                     result.threads, result.images_per_second
                 );
             }
-            emit_results(&out, json, &report, &summary).map(|()| ExitCode::SUCCESS)
+            emit_results(out, json, &report, &summary)
         }
     }
 }

@@ -4,10 +4,9 @@
 //! Inception training averages its trainable and moving-average variables and timm's
 //! `ModelEmaV2` averages the whole state dict.
 
-use std::collections::HashMap;
+use burn::module::Module;
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
-use burn::tensor::Tensor;
+use crate::by_path;
 
 /// An averaged copy of a model, kept on a plain (non-autodiff) device.
 #[derive(Debug, Clone)]
@@ -65,76 +64,27 @@ impl<M: Module> Ema<M> {
 
     /// `average = decay * average + (1 - decay) * current`, parameter by parameter.
     pub fn update(&mut self, current: &M) {
-        let mut collect = Collect::default();
-        current.visit(&mut collect);
-        let mut blend = Blend {
-            path: Vec::new(),
-            current: collect.values,
-            decay: self.next_decay(),
-        };
-        self.model = self.model.clone().map(&mut blend);
+        let mut current = by_path::floats(current);
+        let decay = self.next_decay();
+        self.model = by_path::map_floats(self.model.clone(), |path, average| {
+            match current.remove(path) {
+                Some(current) => {
+                    let current = current.to_device(&average.device());
+                    average.mul_scalar(decay) + current.mul_scalar(1.0 - decay)
+                }
+                None => average,
+            }
+        });
         self.updates += 1;
-    }
-}
-
-/// Every float parameter's current value, detached and flattened, by path in the module.
-/// Paths rather than parameter ids: a model read from a checkpoint gets fresh ids.
-#[derive(Default)]
-struct Collect {
-    path: Vec<String>,
-    values: HashMap<String, Tensor<1>>,
-}
-
-impl ModuleVisitor for Collect {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let value = param.val().detach().without_autodiff();
-        let elements = value.shape().num_elements();
-        self.values
-            .insert(self.path.join("."), value.reshape([elements]));
-    }
-}
-
-struct Blend {
-    path: Vec<String>,
-    current: HashMap<String, Tensor<1>>,
-    decay: f64,
-}
-
-impl ModuleMapper for Blend {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let Some(current) = self.current.remove(&self.path.join(".")) else {
-            return param;
-        };
-        let decay = self.decay;
-        param.map(|average| {
-            let dims = average.dims();
-            let current = current.to_device(&average.device()).reshape(dims);
-            average.mul_scalar(decay) + current.mul_scalar(1.0 - decay)
-        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::module::{ModuleMapper, Param};
     use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig};
-    use burn::tensor::{Device, Tolerance};
+    use burn::tensor::{Device, Tensor, Tolerance};
 
     #[derive(Module, Debug)]
     struct Tiny {

@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+mod by_path;
 pub mod checkpoint;
 pub mod config;
 pub mod ema;

@@ -22,12 +22,14 @@ use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread::JoinHandle;
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use xception_data::HostBatch;
 use xception_model::Xception;
+
+use crate::by_path;
 
 /// Burn's random generators are one per backend and process: dropout masks drawn on two
 /// devices of one backend at once would interleave. Seeding and the forward pass take
@@ -234,39 +236,16 @@ fn replica(model: &Xception) -> Xception {
 }
 
 /// The BatchNorm running statistics (`running_mean`, `running_var`) of a module, by path.
-/// Reads the module's synced values: call it on `valid()`, which folds pending updates in.
-#[derive(Default)]
-struct RunningStats {
-    path: Vec<String>,
-    found: Vec<(String, Tensor<1>)>,
-}
-
-impl ModuleVisitor for RunningStats {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if self
-            .path
-            .last()
-            .is_some_and(|name| name.starts_with("running_"))
-        {
-            let value = param.val();
-            let len = value.shape().num_elements();
-            self.found.push((self.path.join("."), value.reshape([len])));
-        }
-    }
-}
-
+/// Read from `valid()`, which folds the pending per-thread updates in.
 fn running_stats(module: &Xception) -> Vec<(String, Tensor<1>)> {
-    let mut stats = RunningStats::default();
-    module.valid().visit(&mut stats);
-    stats.found
+    by_path::floats(&module.valid())
+        .into_iter()
+        .filter(|(path, _)| {
+            path.rsplit('.')
+                .next()
+                .is_some_and(|name| name.starts_with("running_"))
+        })
+        .collect()
 }
 
 /// Writes into `model`'s BatchNorm running statistics the mean of the shares', summed in
@@ -283,46 +262,11 @@ fn set_running_means(model: &Xception, outputs: &[ShareOutput]) {
             sums.insert(path.clone(), sum);
         }
     }
-    let means = sums
-        .into_iter()
-        .map(|(path, sum)| (path, sum.div_scalar(shares as f64)))
-        .collect();
     // Running statistics are shared state: mapping a clone writes them into `model` itself.
-    let _ = model.clone().map(&mut SetRunning {
-        path: Vec::new(),
-        means,
+    let _ = by_path::map_floats(model.clone(), |path, value| match sums.remove(path) {
+        Some(sum) => sum.div_scalar(shares as f64).to_device(&value.device()),
+        None => value,
     });
-}
-
-struct SetRunning {
-    path: Vec<String>,
-    means: HashMap<String, Tensor<1>>,
-}
-
-impl ModuleMapper for SetRunning {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let Some(mean) = self.means.remove(&self.path.join(".")) else {
-            return param;
-        };
-        param.map(|value| {
-            let dims = value.dims();
-            let home = value.device().without_autodiff();
-            let mean = mean.to_device(&home).reshape(dims);
-            if value.is_autodiff() {
-                mean.autodiff()
-            } else {
-                mean
-            }
-        })
-    }
 }
 
 impl Drop for DataParallel {
