@@ -22,6 +22,6 @@ pub mod transform;
 pub use check::{CheckReport, check};
 pub use dataset::{ClassInfo, Dataset, DatasetOptions, Layout, Split, open};
 pub use error::DataError;
-pub use loader::{BadFile, EpochIter, HostBatch, Loader, LoaderConfig};
+pub use loader::{BadFile, EpochIter, HostBatch, Loader, LoaderConfig, Shard, share};
 pub use synth::SynthOptions;
 pub use transform::{RandomResizedCrop, Transform};

@@ -110,26 +110,23 @@ impl HostBatch {
         }
         let n = self.len();
         let pixels = 3 * self.size * self.size;
-        let mut shares = Vec::with_capacity(parts);
-        let mut start = 0;
-        for part in 0..parts {
-            let count = n / parts + usize::from(part < n % parts);
-            let end = start + count;
-            shares.push(HostBatch {
-                index: self.index,
-                images: self.images[start * pixels..end * pixels].to_vec(),
-                labels: self.labels[start..end].to_vec(),
-                samples: self.samples[start..end].to_vec(),
-                skipped: if part == 0 {
-                    self.skipped.clone()
-                } else {
-                    Vec::new()
-                },
-                size: self.size,
-            });
-            start = end;
-        }
-        shares
+        (0..parts)
+            .map(|part| {
+                let range = share(n, parts, part);
+                HostBatch {
+                    index: self.index,
+                    images: self.images[range.start * pixels..range.end * pixels].to_vec(),
+                    labels: self.labels[range.clone()].to_vec(),
+                    samples: self.samples[range].to_vec(),
+                    skipped: if part == 0 {
+                        self.skipped.clone()
+                    } else {
+                        Vec::new()
+                    },
+                    size: self.size,
+                }
+            })
+            .collect()
     }
 
     /// The batch as tensors on `device`: images `[N, 3, S, S]` and labels `[N]`. Consumes
@@ -145,18 +142,55 @@ impl HostBatch {
     }
 }
 
+/// Share `part` of `parts` contiguous shares of `n` items, as even as possible, the first
+/// shares taking one item more: how a batch is split over devices and over processes.
+pub fn share(n: usize, parts: usize, part: usize) -> std::ops::Range<usize> {
+    let parts = parts.max(1);
+    let start = part * (n / parts) + part.min(n % parts);
+    start..start + n / parts + usize::from(part < n % parts)
+}
+
+/// Which share of every batch a loader yields: one process's part of a batch drawn for
+/// several processes (distributed training), split as [`share`] splits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// This process's share (0-based).
+    pub index: usize,
+    /// Shares per batch.
+    pub count: usize,
+}
+
+impl Shard {
+    /// The whole batch.
+    pub const WHOLE: Shard = Shard { index: 0, count: 1 };
+}
+
 /// Draws batches from a dataset.
 #[derive(Debug, Clone)]
 pub struct Loader {
     dataset: Arc<Dataset>,
     config: LoaderConfig,
+    shard: Shard,
 }
 
 impl Loader {
     /// A loader of `dataset`.
     pub fn new(dataset: Arc<Dataset>, config: LoaderConfig) -> Result<Self, DataError> {
         config.validate()?;
-        Ok(Self { dataset, config })
+        Ok(Self {
+            dataset,
+            config,
+            shard: Shard::WHOLE,
+        })
+    }
+
+    /// The same loader yielding only `shard` of each batch: batches are drawn as before (the
+    /// same order, augmentation and batch count, `batch_size` images each), and only the
+    /// shard's images are decoded. Processes that each take their shard of the same batches
+    /// see every image of it exactly once.
+    pub fn sharded(mut self, shard: Shard) -> Self {
+        self.shard = shard;
+        self
     }
 
     /// The dataset read.
@@ -209,6 +243,7 @@ impl Loader {
             order,
             offset,
             epoch,
+            shard: self.shard,
         });
         let workers = (0..self.config.workers)
             .map(|_| {
@@ -250,13 +285,16 @@ struct EpochPlan {
     order: Vec<usize>,
     offset: usize,
     epoch: u64,
+    shard: Shard,
 }
 
 impl EpochPlan {
     fn build(&self, index: usize) -> HostBatch {
         let batch_size = self.config.batch_size;
-        let start = self.offset + index * batch_size;
-        let end = (start + batch_size).min(self.order.len());
+        let first = self.offset + index * batch_size;
+        let whole = (first + batch_size).min(self.order.len()) - first;
+        let mine = share(whole, self.shard.count, self.shard.index);
+        let (start, end) = (first + mine.start, first + mine.end);
         let size = self.config.transform.size() as usize;
         let slot = 3 * size * size;
         let mut batch = HostBatch {

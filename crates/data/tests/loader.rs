@@ -7,8 +7,8 @@ use std::sync::Arc;
 use burn::tensor::Device;
 use xception_data::synth::{SynthOptions, generate};
 use xception_data::{
-    Dataset, DatasetOptions, HostBatch, Loader, LoaderConfig, RandomResizedCrop, Split, Transform,
-    check, open,
+    Dataset, DatasetOptions, HostBatch, Loader, LoaderConfig, RandomResizedCrop, Shard, Split,
+    Transform, check, open, share,
 };
 
 fn synth(root: &Path) {
@@ -224,4 +224,35 @@ fn a_batch_splits_into_contiguous_shares_for_several_devices() {
     assert_eq!(shares.iter().map(HostBatch::len).sum::<usize>(), 5);
     assert!(shares[5].is_empty() && shares[6].is_empty());
     assert_eq!(batch.clone().split(1), vec![batch]);
+}
+
+#[test]
+fn shards_of_a_batch_are_the_shares_of_the_whole_batch() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    synth(dir.path());
+    let data = dataset(dir.path(), Split::Train);
+    let config = LoaderConfig {
+        batch_size: 7,
+        ..train_config(2)
+    };
+    let whole = Loader::new(Arc::clone(&data), config).expect("loader");
+    let shards: Vec<Loader> = (0..3)
+        .map(|index| whole.clone().sharded(Shard { index, count: 3 }))
+        .collect();
+    for (epoch, offset) in [(0, 0), (2, 7)] {
+        let batches: Vec<HostBatch> = whole.epoch(epoch, offset).collect();
+        let mut sharded: Vec<Vec<HostBatch>> = shards
+            .iter()
+            .map(|shard| shard.epoch(epoch, offset).collect())
+            .collect();
+        for (position, batch) in batches.into_iter().enumerate() {
+            let expected: Vec<_> = batch.split(3).iter().map(content).collect();
+            let got: Vec<_> = sharded.iter_mut().map(|s| content(&s[position])).collect();
+            assert_eq!(got, expected, "epoch {epoch}, batch {position}");
+        }
+        assert!(sharded.iter().all(|s| s.len() == whole.batches_per_epoch() - offset / 7));
+    }
+    assert_eq!(share(7, 3, 0), 0..3);
+    assert_eq!(share(7, 3, 2), 5..7);
+    assert_eq!(share(2, 3, 2), 2..2);
 }
