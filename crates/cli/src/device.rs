@@ -15,6 +15,10 @@ pub enum DeviceChoice {
     Ndarray,
     /// The GPU through wgpu (Vulkan, Metal or DirectX; lavapipe when no GPU is present).
     Wgpu,
+    /// Under mpirun/srun, the discrete GPU whose index is the process's rank on its machine
+    /// (one process per GPU).
+    #[value(name = "wgpu:local")]
+    WgpuLocal,
 }
 
 impl DeviceChoice {
@@ -44,6 +48,7 @@ pub fn device_named(name: &str) -> Result<Device, String> {
         #[allow(deprecated)] // ndarray is deprecated upstream; our users asked to keep it
         "ndarray" => Device::ndarray(),
         "wgpu" => Device::wgpu(DeviceKind::DefaultDevice),
+        "wgpu:local" => Device::wgpu(DeviceKind::DiscreteGpu(crate::processes::local_rank())),
         other => {
             let index = other
                 .strip_prefix("wgpu:")

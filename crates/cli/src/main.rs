@@ -5,6 +5,7 @@ mod bench;
 mod data;
 mod device;
 mod info;
+mod processes;
 mod train;
 mod weights;
 
@@ -56,6 +57,10 @@ enum Command {
         /// Stop with a checkpoint once this many optimizer steps are done (as Ctrl-C does).
         #[arg(long, value_name = "STEPS")]
         stop_at_step: Option<u64>,
+        /// Under mpirun/srun: how long one process waits for the others at an exchange
+        /// before it ends the whole job (a hung or unreachable process).
+        #[arg(long, value_name = "SECONDS", default_value_t = 900)]
+        collective_timeout: u64,
     },
     /// Write a checkpoint's weights as timm-named safetensors or as a Burnpack file.
     Export {
@@ -294,6 +299,7 @@ fn run(command: Command) -> Result<ExitCode> {
             run_dir,
             force,
             stop_at_step,
+            collective_timeout,
         } => {
             let interrupted = train::run(train::TrainArgs {
                 config,
@@ -304,6 +310,7 @@ fn run(command: Command) -> Result<ExitCode> {
                 run_dir,
                 force,
                 stop_at_step,
+                collective_timeout: std::time::Duration::from_secs(collective_timeout),
             })?;
             // 130: the conventional status of a run ended by Ctrl-C (after its checkpoint).
             Ok(if interrupted {
@@ -552,7 +559,7 @@ fn keep_freed_memory() {
 
 /// The error and its causes, each once: library errors either quote a cause in their message
 /// or expose it as their `source()`, never both (a test in each crate holds them to it).
-fn error_chain(error: &anyhow::Error) -> String {
+pub(crate) fn error_chain(error: &anyhow::Error) -> String {
     error
         .chain()
         .map(ToString::to_string)

@@ -5,15 +5,17 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use xception_train::{
-    EvalReport, Outcome, Reporter, ResumeFrom, RunOptions, RunStart, StepReport, TrainConfig,
+    EvalReport, Outcome, Reporter, ResumeFrom, RunOptions, RunStart, RunSummary, Silent,
+    StepReport, TrainConfig,
 };
 
 use crate::device::{DeviceChoice, device_named};
+use crate::processes::{self, Processes};
 
 /// What `xception train` was asked to do.
 pub struct TrainArgs {
@@ -25,10 +27,24 @@ pub struct TrainArgs {
     pub run_dir: Option<PathBuf>,
     pub force: bool,
     pub stop_at_step: Option<u64>,
+    /// Under mpirun/srun, how long a process waits for the others at an exchange.
+    pub collective_timeout: Duration,
 }
 
-/// Runs a training config; returns whether the run was interrupted by a signal.
+/// Runs a training config, alone or as one process of an MPI job; returns whether the run
+/// was interrupted by a signal.
 pub fn run(args: TrainArgs) -> Result<bool> {
+    let processes = Processes::join(args.collective_timeout)?;
+    match train(&args, &processes) {
+        Ok(interrupted) => Ok(interrupted),
+        Err(error) => {
+            let shared = processes::shared(&error);
+            Err(processes.fail(error, shared))
+        }
+    }
+}
+
+fn train(args: &TrainArgs, processes: &Processes) -> Result<bool> {
     let mut overrides = args.overrides.clone();
     if let Some(device) = args.device {
         overrides.push(format!("training.device=\"{device}\""));
@@ -56,10 +72,15 @@ pub fn run(args: TrainArgs) -> Result<bool> {
         }
     });
 
-    // The first Ctrl-C (or SIGTERM) asks for a checkpoint and a clean exit; a second one,
-    // while the checkpoint is being written, ends the process at once.
+    // The first Ctrl-C (or SIGTERM, or SIGUSR1, which mpirun forwards to every process) asks
+    // for a checkpoint and a clean exit; a second one, while the checkpoint is being
+    // written, ends the process at once.
     let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+    for signal in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGUSR1,
+    ] {
         signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&stop))
             .context("cannot install the Ctrl-C handler")?;
         signal_hook::flag::register(signal, Arc::clone(&stop))
@@ -72,10 +93,22 @@ pub fn run(args: TrainArgs) -> Result<bool> {
         force: args.force,
         stop_at_step: args.stop_at_step,
     };
-    let mut reporter = ConsoleReporter::new(config.logging.every_steps);
-    let summary = xception_train::train(&config, &devices, &options, &mut reporter, &stop)?;
-    reporter.finish();
+    let world = processes.collective();
+    let summary = if processes.leads() {
+        let mut reporter = ConsoleReporter::new(config.logging.every_steps);
+        let summary =
+            xception_train::train_with(&config, &devices, world, &options, &mut reporter, &stop)?;
+        reporter.finish();
+        print_summary(&summary, args, &run_dir);
+        summary
+    } else {
+        xception_train::train_with(&config, &devices, world, &options, &mut Silent, &stop)?
+    };
+    Ok(summary.outcome == Outcome::Interrupted && stop.load(Ordering::SeqCst))
+}
 
+/// What a finished or interrupted run did, and how to continue it.
+fn print_summary(summary: &RunSummary, args: &TrainArgs, run_dir: &Path) {
     let checkpoint = summary
         .last_checkpoint
         .as_ref()
@@ -115,7 +148,6 @@ pub fn run(args: TrainArgs) -> Result<bool> {
         "run directory {}: metrics.csv, metrics.jsonl, curves.png, checkpoints/ (last: {checkpoint})",
         run_dir.display()
     );
-    Ok(summary.outcome == Outcome::Interrupted && stop.load(Ordering::SeqCst))
 }
 
 /// `runs/<config file stem>`.

@@ -250,7 +250,11 @@ fn shards_of_a_batch_are_the_shares_of_the_whole_batch() {
             let got: Vec<_> = sharded.iter_mut().map(|s| content(&s[position])).collect();
             assert_eq!(got, expected, "epoch {epoch}, batch {position}");
         }
-        assert!(sharded.iter().all(|s| s.len() == whole.batches_per_epoch() - offset / 7));
+        assert!(
+            sharded
+                .iter()
+                .all(|s| s.len() == whole.batches_per_epoch() - offset / 7)
+        );
     }
     assert_eq!(share(7, 3, 0), 0..3);
     assert_eq!(share(7, 3, 2), 5..7);

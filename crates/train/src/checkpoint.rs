@@ -57,6 +57,13 @@ pub struct TrainState {
     pub reason: String,
     /// The epoch's running training loss and accuracy up to this position.
     pub running: ClassificationMeter,
+    /// Processes that trained together (`mpirun -np`): the global batch depends on it.
+    #[serde(default = "one")]
+    pub ranks: u64,
+}
+
+fn one() -> u64 {
+    1
 }
 
 /// The best validation result and where it is kept.

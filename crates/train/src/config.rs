@@ -129,7 +129,8 @@ pub struct TrainingConfig {
     pub epochs: u32,
     /// Seed of initialisation, order and augmentation.
     pub seed: u64,
-    /// `flex`, `ndarray`, `wgpu` or `wgpu:N` (the N-th discrete GPU).
+    /// `flex`, `ndarray`, `wgpu`, `wgpu:N` (the N-th discrete GPU) or `wgpu:local` (under
+    /// mpirun/srun, the GPU of the process's rank on its machine).
     pub device: String,
     /// Several devices for data-parallel training (`["wgpu:0", "wgpu:1"]`); when given,
     /// `device` is not used. Each device takes `data.batch_size` images of every batch.
@@ -397,7 +398,11 @@ impl TrainConfig {
             if let Err(reason) = check_device_name(name) {
                 return field(&format!("training.devices[{index}]"), reason);
             }
-            if self.training.devices[..index].contains(name) {
+            // A GPU listed twice is a mistake; a CPU backend listed twice gives replicas that
+            // share the same cores: no faster, but how a multi-device (or multi-process) run
+            // is checked on one machine.
+            let cpu = matches!(name.as_str(), "flex" | "ndarray");
+            if !cpu && self.training.devices[..index].contains(name) {
                 return field(
                     &format!("training.devices[{index}]"),
                     format!("{name:?} is listed twice"),
@@ -470,24 +475,19 @@ impl TrainConfig {
 
     /// A stable hash of every field (FNV-1a of the flattened fields).
     pub fn hash(&self) -> String {
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut hash = crate::distributed::Fnv1a::default();
         for (key, value) in self.flatten() {
-            for byte in key
-                .bytes()
-                .chain([b'='])
-                .chain(value.bytes())
-                .chain([b'\n'])
-            {
-                hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
+            for part in [key.as_bytes(), b"=", value.as_bytes(), b"\n"] {
+                hash.write(part);
             }
         }
-        format!("{hash:016x}")
+        format!("{:016x}", hash.finish())
     }
 }
 
-/// Whether `name` is a device name: `flex`, `ndarray`, `wgpu` or `wgpu:N`.
+/// Whether `name` is a device name: `flex`, `ndarray`, `wgpu`, `wgpu:N` or `wgpu:local`.
 pub fn check_device_name(name: &str) -> Result<(), String> {
-    let known = matches!(name, "flex" | "ndarray" | "wgpu")
+    let known = matches!(name, "flex" | "ndarray" | "wgpu" | "wgpu:local")
         || name
             .strip_prefix("wgpu:")
             .is_some_and(|index| index.parse::<usize>().is_ok());
@@ -495,7 +495,7 @@ pub fn check_device_name(name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "expected flex, ndarray, wgpu or wgpu:N (N-th discrete GPU), got {name:?}"
+            "expected flex, ndarray, wgpu, wgpu:N (N-th discrete GPU) or wgpu:local (the GPU of the process's rank on its machine), got {name:?}"
         ))
     }
 }
@@ -576,10 +576,13 @@ mod tests {
             .expect_err("bad index")
             .to_string();
         assert!(error.contains("training.devices[1]"), "{error}");
-        let error = parse("[training]\ndevices = [\"flex\", \"flex\"]\n", &[])
+        let error = parse("[training]\ndevices = [\"wgpu:1\", \"wgpu:1\"]\n", &[])
             .expect_err("twice")
             .to_string();
         assert!(error.contains("listed twice"), "{error}");
+        let config = parse("[training]\ndevices = [\"flex\", \"flex\"]\n", &[])
+            .expect("a CPU backend twice: replicas on the same cores");
+        assert_eq!(config.device_names(), ["flex", "flex"]);
         let config =
             parse("[training]\ndevices = [\"wgpu:0\", \"wgpu:1\"]\n", &[]).expect("two GPUs");
         assert_eq!(config.device_names(), ["wgpu:0", "wgpu:1"]);

@@ -3,7 +3,7 @@
 //! The config schema ([`config`]), learning-rate schedules ([`schedule`]), the paper's SGD and
 //! RMSprop ([`optim`]), Polyak averaging ([`ema`]), metrics ([`metrics`], [`record`],
 //! [`plot`]), checkpoints ([`checkpoint`]) and the loop that ties them together with exact
-//! resume ([`trainer`]), on one device or several ([`parallel`]). What the loop reports
+//! resume ([`trainer`]), on one device or several ([`parallel`]), in one process or several ([`distributed`]). What the loop reports
 //! while it runs goes through [`report`]; [`weights`] reads the weights a user names (a
 //! checkpoint directory, or a weights file through the model crate) with their class names.
 //! It chooses no backend: the binary does.
@@ -13,6 +13,7 @@
 mod by_path;
 pub mod checkpoint;
 pub mod config;
+pub mod distributed;
 pub mod ema;
 pub mod metrics;
 pub mod optim;
@@ -29,4 +30,6 @@ pub use ema::Ema;
 pub use metrics::{ClassificationMeter, top_k_correct};
 pub use report::{EvalReport, Reporter, RunStart, Scores, Silent, StepReport};
 pub use schedule::{Decay, Interval, Schedule, ScheduleError};
-pub use trainer::{Outcome, ResumeFrom, RunOptions, RunSummary, TrainError, evaluate, train};
+pub use trainer::{
+    Outcome, ResumeFrom, RunOptions, RunSummary, TrainError, evaluate, train, train_with,
+};

@@ -30,6 +30,7 @@ use xception_data::HostBatch;
 use xception_model::Xception;
 
 use crate::by_path;
+use crate::distributed::{self, Collective, CollectiveError};
 
 /// Burn's random generators are one per backend and process: dropout masks drawn on two
 /// devices of one backend at once would interleave. Seeding and the forward pass take
@@ -267,6 +268,42 @@ fn set_running_means(model: &Xception, outputs: &[ShareOutput]) {
         Some(sum) => sum.div_scalar(shares as f64).to_device(&value.device()),
         None => value,
     });
+}
+
+/// Replaces `model`'s BatchNorm running statistics by their mean over the processes of
+/// `world` (summed in rank order), after each loader batch: the statistics one process over
+/// all their devices would hold, each device's batch statistics weighing alike.
+pub fn average_running_stats(
+    model: &Xception,
+    world: &dyn Collective,
+) -> Result<(), CollectiveError> {
+    let stats: std::collections::BTreeMap<String, Tensor<1>> =
+        running_stats(model).into_iter().collect();
+    let Some(device) = stats.values().next().map(Tensor::device) else {
+        return Ok(());
+    };
+    let sizes: Vec<(String, usize)> = stats
+        .iter()
+        .map(|(p, t)| (p.clone(), t.dims()[0]))
+        .collect();
+    let mut values: Vec<f32> = Tensor::cat(stats.into_values().collect(), 0)
+        .into_data()
+        .iter::<f32>()
+        .collect();
+    distributed::mean(world, &mut values)?;
+    let mut means = HashMap::new();
+    let mut offset = 0;
+    for (path, size) in sizes {
+        let data = TensorData::new(values[offset..offset + size].to_vec(), [size]);
+        means.insert(path, Tensor::<1>::from_data(data, &device));
+        offset += size;
+    }
+    // Running statistics are shared state: mapping a clone writes them into `model` itself.
+    let _ = by_path::map_floats(model.clone(), |path, value| match means.remove(path) {
+        Some(mean) => mean.to_device(&value.device()),
+        None => value,
+    });
+    Ok(())
 }
 
 impl Drop for DataParallel {

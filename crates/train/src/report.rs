@@ -32,6 +32,8 @@ pub struct RunStart {
     pub images_per_step: u64,
     /// The device, as Burn names it.
     pub device: String,
+    /// Processes training together (1 unless launched by `mpirun`/`srun`).
+    pub processes: usize,
 }
 
 /// One optimizer step.

@@ -6,9 +6,10 @@ use std::collections::HashMap;
 
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Tensor, TensorData};
 
 use super::host;
+use crate::distributed::{BUCKET, Collective, CollectiveError};
 
 /// The gradients of one optimizer step, summed over accumulated batches, by parameter id.
 #[derive(Default)]
@@ -54,6 +55,75 @@ impl GradientSum {
     /// Batches added since the last step.
     pub fn batches(&self) -> u32 {
         self.batches
+    }
+
+    /// Sums the step's gradients over the processes of `world`, weighted by images, so that
+    /// every rank holds the gradient of the mean loss over all the step's images (as one
+    /// process over all their devices would, up to rounding) and the same bits.
+    ///
+    /// `images` are this rank's images in the step, `batches` the loader batches of the step
+    /// (the same on every rank), `extra` values to sum alongside (the step's metrics, stop
+    /// requests). Returns the images of all ranks. A header of `[has gradient, per parameter |
+    /// extra | images]` is summed first, so that only parameters with a gradient on some rank
+    /// travel (all of them, unless layers are frozen), then the gradients in buckets of
+    /// [`BUCKET`] values in the module's order, each read back from the device in one
+    /// transfer.
+    pub fn exchange<M: Module>(
+        &mut self,
+        model: &M,
+        world: &dyn Collective,
+        exchange: Exchange<'_>,
+    ) -> Result<u64, CollectiveError> {
+        let params = param_sizes(model);
+        let mut header: Vec<f32> = params
+            .iter()
+            .map(|(id, _)| f32::from(u8::from(self.sums.contains_key(id))))
+            .collect();
+        header.extend_from_slice(exchange.extra);
+        header.push(exchange.images as f32);
+        world.sum(&mut header)?;
+        let total_images = header[header.len() - 1] as u64;
+        let extra = &header[params.len()..header.len() - 1];
+        exchange.extra.copy_from_slice(extra);
+        let present: Vec<(ParamId, usize)> = params
+            .iter()
+            .zip(&header)
+            .filter(|(_, has)| **has > 0.0)
+            .map(|(param, _)| *param)
+            .collect();
+        let scale = 1.0 / total_images.max(1) as f32;
+        let mut sums = std::mem::take(&mut self.sums);
+        let mut start = 0;
+        while start < present.len() {
+            let mut end = start + 1;
+            let mut len = present[start].1;
+            while end < present.len() && len + present[end].1 <= BUCKET {
+                len += present[end].1;
+                end += 1;
+            }
+            let bucket = &present[start..end];
+            let parts: Vec<Tensor<1>> = bucket
+                .iter()
+                .map(|(id, size)| match sums.remove(id) {
+                    Some(sum) => sum.mul_scalar(exchange.images as f64),
+                    None => Tensor::zeros([*size], exchange.device),
+                })
+                .collect();
+            let mut values: Vec<f32> = Tensor::cat(parts, 0).into_data().iter::<f32>().collect();
+            world.sum(&mut values)?;
+            values.iter_mut().for_each(|v| *v *= scale);
+            let summed = Tensor::<1>::from_data(TensorData::new(values, [len]), exchange.device);
+            let mut offset = 0;
+            for (id, size) in bucket {
+                self.sums
+                    .insert(*id, summed.clone().slice(offset..offset + size));
+                offset += size;
+            }
+            start = end;
+        }
+        self.order = present.into_iter().map(|(id, _)| id).collect();
+        self.batches = exchange.batches;
+        Ok(total_images)
     }
 
     /// The mean gradient over the added batches and its global L2 norm, both left on the
@@ -123,6 +193,31 @@ fn squared_norm(
         (false, None) => Tensor::cat(on_device, 0).sum(),
         (false, Some(sum)) => Tensor::cat(on_device, 0).sum() + host_part(sum),
     }
+}
+
+/// What [`GradientSum::exchange`] sends besides the gradients.
+pub struct Exchange<'a> {
+    /// This rank's images in the step.
+    pub images: u64,
+    /// Loader batches in the step (the same on every rank).
+    pub batches: u32,
+    /// Values summed alongside, replaced by their sums.
+    pub extra: &'a mut [f32],
+    /// Where the summed gradients go.
+    pub device: &'a Device,
+}
+
+/// Every float parameter's id and size, in the module's order.
+fn param_sizes<M: Module>(model: &M) -> Vec<(ParamId, usize)> {
+    struct Sizes(Vec<(ParamId, usize)>);
+    impl ModuleVisitor for Sizes {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0.push((param.id, param.shape().num_elements()));
+        }
+    }
+    let mut sizes = Sizes(Vec::new());
+    model.visit(&mut sizes);
+    sizes.0
 }
 
 struct TakeGradients<'a> {

@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, HashMap};
 use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::tensor::{Bool, Device, Tensor, TensorData};
 
-pub use gradients::{GradientSum, StepGradients};
+pub use gradients::{Exchange, GradientSum, StepGradients};
 use rules::{Rule, Slots, UpdateRule};
 
 use crate::config::OptimizerConfig;

@@ -5,11 +5,14 @@ use std::sync::Arc;
 
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::tensor::{Device, Tensor};
-use xception_data::{Dataset, DatasetOptions, Loader, LoaderConfig, Split, Transform, synth};
+use xception_data::{
+    Dataset, DatasetOptions, Loader, LoaderConfig, Shard, Split, Transform, rng, synth,
+};
 use xception_model::Xception;
 
 use super::{TrainError, io_error};
 use crate::config::TrainConfig;
+use crate::distributed::{self, Collective};
 use crate::metrics::{ClassificationMeter, batch_tally};
 use crate::report::{Reporter, Scores};
 
@@ -25,8 +28,9 @@ pub fn open_split(
         && !root.exists()
     {
         // Generated next to its final place and renamed, so an interrupted generation is
-        // never mistaken for a dataset.
-        let partial = root.with_extension("partial");
+        // never mistaken for a dataset; named by process, so that processes sharing a disk
+        // never write into each other's (the first rename wins, the data being the same).
+        let partial = root.with_extension(format!("partial-{}", std::process::id()));
         if partial.exists() {
             std::fs::remove_dir_all(&partial).map_err(io_error(&partial))?;
         }
@@ -38,7 +42,12 @@ pub fn open_split(
             options.val_per_class
         ));
         let files = synth::generate(&partial, options)?;
-        std::fs::rename(&partial, root).map_err(io_error(root))?;
+        if let Err(cause) = std::fs::rename(&partial, root) {
+            let _ = std::fs::remove_dir_all(&partial);
+            if !root.is_dir() {
+                return Err(io_error(root)(cause));
+            }
+        }
         reporter.note(&format!("wrote {files} images to {}", root.display()));
     }
     let options = DatasetOptions {
@@ -57,6 +66,16 @@ pub fn evaluate(
     device: &Device,
     reporter: &mut dyn Reporter,
 ) -> Scores {
+    scores(&evaluate_counts(model, loader, device, reporter))
+}
+
+/// [`evaluate`]'s counts, before they become percentages.
+pub(super) fn evaluate_counts(
+    model: &Xception,
+    loader: &Loader,
+    device: &Device,
+    reporter: &mut dyn Reporter,
+) -> ClassificationMeter {
     let loss_fn = CrossEntropyLossConfig::new().init(device);
     let mut sum: Option<Tensor<1>> = None;
     let mut count = 0u64;
@@ -86,6 +105,11 @@ pub fn evaluate(
         let values: Vec<f32> = sum.into_data().iter::<f32>().collect();
         meter.add_tally(count, &values);
     }
+    meter
+}
+
+/// The scores of [`evaluate_counts`]' counts.
+pub(super) fn scores(meter: &ClassificationMeter) -> Scores {
     Scores {
         loss: meter.loss(),
         top1: meter.top1_percent(),
@@ -105,14 +129,28 @@ pub(super) struct RunData {
 }
 
 /// Opens both splits of the configured data (checking the class count against the model)
-/// and their loaders for `devices` devices.
+/// and their loaders for `devices` devices per process, each process of `world` taking its
+/// shard of every batch. Rank 0 opens first (generating a synthetic dataset when asked), the
+/// others after it; then every rank checks that all run the same config on the same data.
 pub(super) fn open_data(
     config: &TrainConfig,
     devices: usize,
+    world: &dyn Collective,
     reporter: &mut dyn Reporter,
 ) -> Result<RunData, TrainError> {
-    let train_set = open_split(config, Split::Train, reporter)?;
-    let val_set = open_split(config, Split::Val, reporter)?;
+    let open_both = |reporter: &mut dyn Reporter| -> Result<_, TrainError> {
+        let train_set = open_split(config, Split::Train, reporter)?;
+        let val_set = open_split(config, Split::Val, reporter)?;
+        Ok((train_set, val_set))
+    };
+    let (train_set, val_set) = if world.rank() == 0 {
+        let sets = open_both(reporter)?;
+        distributed::barrier(world)?;
+        sets
+    } else {
+        distributed::barrier(world)?;
+        open_both(reporter)?
+    };
     if train_set.classes.len() != config.model.num_classes {
         return Err(TrainError::ClassCount {
             expected: config.model.num_classes,
@@ -122,7 +160,25 @@ pub(super) fn open_data(
     }
     let (train_images, val_images) = (train_set.len(), val_set.len());
     let classes_json = serde_json::to_string_pretty(&train_set.classes).unwrap_or_default();
-    let (train_loader, val_loader) = loaders(config, devices, train_set, val_set)?;
+    if world.ranks() > 1 {
+        let fingerprint = vec![
+            ("the config hash".to_string(), config.hash()),
+            ("devices".to_string(), devices.to_string()),
+            ("training images".to_string(), train_images.to_string()),
+            ("validation images".to_string(), val_images.to_string()),
+            (
+                "a class list hashed to".to_string(),
+                format!("{:016x}", rng::hash_bytes(0, classes_json.as_bytes())),
+            ),
+        ];
+        distributed::check_same(world, &fingerprint)?.map_err(TrainError::RanksDiffer)?;
+    }
+    let shard = Shard {
+        index: world.rank(),
+        count: world.ranks(),
+    };
+    let (train_loader, val_loader) =
+        loaders(config, devices * world.ranks(), train_set, val_set, shard)?;
     Ok(RunData {
         train_loader,
         val_loader,
@@ -132,13 +188,15 @@ pub(super) fn open_data(
     })
 }
 
-/// The loaders of a config: training (shuffled, augmented, last partial batch dropped) and
-/// validation (in order, central crop, every image).
+/// The loaders of a config for `devices` devices in all: training (shuffled, augmented,
+/// last partial batch dropped) and validation (in order, central crop, every image; one
+/// device's batch per process), each yielding `shard` of every batch.
 pub fn loaders(
     config: &TrainConfig,
     devices: usize,
     train: Dataset,
     val: Dataset,
+    shard: Shard,
 ) -> Result<(Loader, Loader), TrainError> {
     let size = config.model.input_size as u32;
     let base = LoaderConfig {
@@ -160,11 +218,11 @@ pub fn loaders(
             size,
             crop_pct: config.data.eval_crop_pct,
         },
-        batch_size: config.data.batch_size,
+        batch_size: config.data.batch_size * shard.count,
         ..base.clone()
     };
     Ok((
-        Loader::new(Arc::new(train), base)?,
-        Loader::new(Arc::new(val), val_config)?,
+        Loader::new(Arc::new(train), base)?.sharded(shard),
+        Loader::new(Arc::new(val), val_config)?.sharded(shard),
     ))
 }

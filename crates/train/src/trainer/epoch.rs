@@ -5,13 +5,16 @@ use std::time::Instant;
 
 use burn::module::Module;
 
-use super::data::evaluate;
+use xception_model::Xception;
+
+use super::TrainError;
+use super::data::{evaluate_counts, scores};
 use super::run::Run;
-use super::{TrainError, io_error};
 use crate::checkpoint::{self, Best};
+use crate::distributed;
 use crate::metrics::ClassificationMeter;
 use crate::record::MetricsRow;
-use crate::report::{EvalReport, Reporter};
+use crate::report::{EvalReport, Reporter, Scores};
 
 impl Run<'_> {
     /// Closes the epoch that [`Run::train_epoch`] finished: evaluates when due, draws the
@@ -26,10 +29,10 @@ impl Run<'_> {
         if epochs_done.is_multiple_of(every) || last {
             self.evaluate(reporter)?;
         }
-        self.log.flush().map_err(io_error(self.log.jsonl_path()))?;
-        if self.config.logging.plot {
+        self.flush_log()?;
+        if self.config.logging.plot && self.leads() {
             let path = self.run_dir.join("curves.png");
-            self.curves.draw(&path).map_err(io_error(&path))?;
+            self.curves.draw(&path).map_err(super::io_error(&path))?;
         }
         self.save(if last { "final" } else { "epoch" }, reporter)?;
         Ok(())
@@ -40,16 +43,11 @@ impl Run<'_> {
     fn evaluate(&mut self, reporter: &mut dyn Reporter) -> Result<(), TrainError> {
         let started = Instant::now();
         let epochs_done = self.state.epoch;
-        let raw = evaluate(
-            &self.model()?.valid(),
-            &self.val_loader,
-            &self.device,
-            reporter,
-        );
-        let ema = self
-            .ema
-            .as_ref()
-            .map(|ema| evaluate(ema.model(), &self.val_loader, &self.device, reporter));
+        let raw = self.evaluate_model(&self.model()?.valid(), reporter)?;
+        let ema = match &self.ema {
+            Some(ema) => Some(self.evaluate_model(ema.model(), reporter)?),
+            None => None,
+        };
         let report = EvalReport {
             epochs_done,
             step: self.state.step,
@@ -70,10 +68,7 @@ impl Run<'_> {
             ema_top5: ema.map(|s| s.top5),
             ..Default::default()
         };
-        self.log
-            .write(&row)
-            .map_err(io_error(self.log.jsonl_path()))?;
-        self.curves.add(&row);
+        self.log_row(&row)?;
         let headline = ema.map_or(raw.top1, |s| s.top1);
         if self.state.best.as_ref().is_none_or(|b| headline > b.top1) {
             self.state.best = Some(Best {
@@ -85,5 +80,28 @@ impl Run<'_> {
         reporter.evaluated(&report);
         self.last_eval = Some(report);
         Ok(())
+    }
+
+    /// Scores of `model` on the validation set: each process evaluates its shard, and the
+    /// counts are summed, so every image counts once.
+    fn evaluate_model(
+        &self,
+        model: &Xception,
+        reporter: &mut dyn Reporter,
+    ) -> Result<Scores, TrainError> {
+        let mine = evaluate_counts(model, &self.val_loader, &self.device, reporter);
+        let counts = [
+            mine.images as f64,
+            mine.loss_sum,
+            mine.top1 as f64,
+            mine.top5 as f64,
+        ];
+        let all = distributed::sum_f64(self.world, &counts)?;
+        Ok(scores(&ClassificationMeter {
+            images: all[0] as u64,
+            loss_sum: all[1],
+            top1: all[2] as u64,
+            top5: all[3] as u64,
+        }))
     }
 }

@@ -37,6 +37,7 @@ use run::Run;
 
 use crate::checkpoint::{Best, CheckpointError};
 use crate::config::{ConfigFileError, TrainConfig};
+use crate::distributed::{Collective, Solo};
 use crate::optim::StateError;
 use crate::report::{EvalReport, Reporter};
 
@@ -179,6 +180,15 @@ pub enum TrainError {
     /// The model was lost in an optimizer step that panicked.
     #[error("the model was lost in a failed optimizer step")]
     ModelLost,
+    /// The processes of a distributed run do not agree (config, data, start state).
+    #[error("{0}")]
+    RanksDiffer(String),
+    /// Rank 0 could not start the run; every rank stops with its message.
+    #[error("{0}")]
+    Refused(String),
+    /// An exchange between the processes failed.
+    #[error(transparent)]
+    Collective(#[from] crate::distributed::CollectiveError),
     /// A file of the run directory cannot be written.
     #[error("cannot write {path}: {cause}")]
     Io {
@@ -187,6 +197,18 @@ pub enum TrainError {
         /// Why (in the message, so not also a `source()`).
         cause: std::io::Error,
     },
+}
+
+impl TrainError {
+    /// Whether every process of a distributed run stops with this same error at the same
+    /// point (so one of them is enough to report it): refusals agreed before training and a
+    /// step that was not finite (its metrics are summed over the processes).
+    pub fn same_on_every_rank(&self) -> bool {
+        matches!(
+            self,
+            TrainError::RanksDiffer(_) | TrainError::Refused(_) | TrainError::NonFiniteLoss { .. }
+        )
+    }
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
@@ -207,7 +229,23 @@ pub fn train(
     reporter: &mut dyn Reporter,
     stop: &AtomicBool,
 ) -> Result<RunSummary, TrainError> {
-    let mut run = Run::open(config, devices, options, reporter)?;
+    train_with(config, devices, &Solo, options, reporter, stop)
+}
+
+/// [`train`] as one process of `world` (distributed data-parallel): every process draws the
+/// same global batches (`data.batch_size` x devices per process x processes images) and
+/// takes its share; gradients, BatchNorm running statistics, step metrics and evaluation
+/// counts are summed over the processes. Rank 0 reads the checkpoint it resumes from and
+/// sends the start to the others; it alone writes checkpoints and metrics.
+pub fn train_with(
+    config: &TrainConfig,
+    devices: &[Device],
+    world: &dyn Collective,
+    options: &RunOptions,
+    reporter: &mut dyn Reporter,
+    stop: &AtomicBool,
+) -> Result<RunSummary, TrainError> {
+    let mut run = Run::open(config, devices, world, options, reporter)?;
     let stop_requested = |step: u64| {
         stop.load(Ordering::SeqCst) || options.stop_at_step.is_some_and(|at| step >= at)
     };

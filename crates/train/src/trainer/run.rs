@@ -16,9 +16,10 @@ use super::tally::{self, PendingStep, Tally, slot};
 use super::{Outcome, RunOptions, RunSummary, TrainError, io_error};
 use crate::checkpoint::{self, CheckpointContents, TrainState};
 use crate::config::TrainConfig;
+use crate::distributed::Collective;
 use crate::ema::Ema;
 use crate::metrics::batch_tally;
-use crate::optim::{GradientSum, Optimizer, StepGradients};
+use crate::optim::{Exchange, GradientSum, Optimizer, StepGradients};
 use crate::parallel::{self, DataParallel};
 use crate::plot;
 use crate::record::{MetricsLog, MetricsRow};
@@ -26,7 +27,7 @@ use crate::report::{EvalReport, Reporter, RunStart, StepReport};
 
 /// The sizes of a run, fixed by the config and the data.
 pub(super) struct Plan {
-    /// Images per loader batch (every device's share).
+    /// Images per loader batch: every device's share, on every process.
     pub batch_size: u64,
     /// Loader batches per optimizer step.
     pub accumulation: u64,
@@ -40,6 +41,8 @@ pub(super) struct Plan {
 /// Everything a run carries from step to step.
 pub(super) struct Run<'a> {
     pub config: &'a TrainConfig,
+    /// The processes training together; rank 0 alone writes files.
+    pub world: &'a dyn Collective,
     pub run_dir: PathBuf,
     checkpoints: PathBuf,
     config_toml: String,
@@ -55,7 +58,8 @@ pub(super) struct Run<'a> {
     pub ema: Option<Ema<Xception>>,
     optimizer: Optimizer,
     pub state: TrainState,
-    pub log: MetricsLog,
+    /// The metrics files, on rank 0.
+    log: Option<MetricsLog>,
     pub curves: plot::Curves,
     tally: Tally,
     pub last_checkpoint: Option<PathBuf>,
@@ -67,6 +71,8 @@ pub(super) struct Run<'a> {
 #[derive(Default)]
 struct StepInProgress {
     sum: GradientSum,
+    /// Loader batches taken, empty ones (every file bad) included.
+    loader_batches: u32,
     /// Summed [`batch_tally`]s, on the main device.
     tally: Option<Tensor<1>>,
     images: u64,
@@ -78,6 +84,7 @@ impl<'a> Run<'a> {
     pub fn open(
         config: &'a TrainConfig,
         devices: &[Device],
+        world: &'a dyn Collective,
         options: &RunOptions,
         reporter: &mut dyn Reporter,
     ) -> Result<Self, TrainError> {
@@ -85,17 +92,19 @@ impl<'a> Run<'a> {
         let device = devices.first().ok_or(TrainError::NoDevice)?.clone();
         let run_dir = options.run_dir.clone();
         let checkpoints = run_dir.join("checkpoints");
-        std::fs::create_dir_all(&run_dir).map_err(io_error(&run_dir))?;
-        start::recover_checkpoints(&checkpoints, reporter)?;
-        let resume = start::resume_point(config, options, &checkpoints, reporter)?;
         let RunData {
             train_loader,
             val_loader,
             classes_json,
             train_images,
             val_images,
-        } = open_data(config, devices.len(), reporter)?;
-        let plan = Plan::new(config, devices.len(), &train_loader, train_images)?;
+        } = open_data(config, devices.len(), world, reporter)?;
+        let plan = Plan::new(
+            config,
+            devices.len() * world.ranks(),
+            &train_loader,
+            train_images,
+        )?;
 
         let parallel = DataParallel::new(devices);
         let train_device = parallel.main_device().clone();
@@ -104,24 +113,52 @@ impl<'a> Run<'a> {
         let first_lr = config
             .schedule
             .lr(0, plan.samples_per_epoch, plan.total_samples);
+        let leads = world.rank() == 0;
+        let mut begin = || -> Result<_, TrainError> {
+            std::fs::create_dir_all(&run_dir).map_err(io_error(&run_dir))?;
+            start::recover_checkpoints(&checkpoints, reporter)?;
+            let resume =
+                start::resume_point(config, options, world.ranks(), &checkpoints, reporter)?;
+            let restored = match &resume {
+                Some(resume) => start::restore(config, resume, &train_device, &device, reporter)?,
+                None => start::fresh(config, &train_device, &device, first_lr, reporter)?,
+            };
+            if let Some(resume) = &resume {
+                start::set_aside_newer(&checkpoints, resume, reporter)?;
+            }
+            Ok((resume, restored))
+        };
+        let (resume, restored) = if leads {
+            let begun = begin();
+            if world.ranks() > 1 {
+                let restored = begun.as_ref().map(|(_, restored)| restored);
+                start::send_start(world, restored)?;
+            }
+            begun?
+        } else {
+            let mut restored = start::blank(config, &train_device)?;
+            start::receive_start(world, config, &mut restored, &device)?;
+            (None, restored)
+        };
+        start::check_start(world, &restored)?;
         let Restored {
             model,
             ema,
             optimizer,
-            state,
-        } = match &resume {
-            Some(resume) => start::restore(config, resume, &train_device, &device, reporter)?,
-            None => start::fresh(config, &train_device, &device, first_lr, reporter)?,
-        };
-        if let Some(resume) = &resume {
-            start::set_aside_newer(&checkpoints, resume, reporter)?;
-        }
+            mut state,
+        } = restored;
+        state.ranks = world.ranks() as u64;
         let config_toml = config.to_toml();
-        let config_path = run_dir.join("config.toml");
-        std::fs::write(&config_path, &config_toml).map_err(io_error(&config_path))?;
-        let resumed_step = resume.as_ref().map(|r| r.state.step);
-        let (log, kept_rows) = MetricsLog::open(&run_dir, resumed_step)
-            .map_err(io_error(&run_dir.join("metrics.jsonl")))?;
+        let (log, kept_rows) = if leads {
+            let config_path = run_dir.join("config.toml");
+            std::fs::write(&config_path, &config_toml).map_err(io_error(&config_path))?;
+            let resumed_step = resume.as_ref().map(|r| r.state.step);
+            let (log, kept_rows) = MetricsLog::open(&run_dir, resumed_step)
+                .map_err(io_error(&run_dir.join("metrics.jsonl")))?;
+            (Some(log), kept_rows)
+        } else {
+            (None, Vec::new())
+        };
 
         reporter.started(&RunStart {
             run_dir: run_dir.clone(),
@@ -136,9 +173,11 @@ impl<'a> Run<'a> {
             total_steps: plan.steps_per_epoch * plan.epochs,
             images_per_step: plan.batch_size * plan.accumulation,
             device: config.device_names().join(", "),
+            processes: world.ranks(),
         });
         Ok(Self {
             config,
+            world,
             run_dir,
             checkpoints,
             config_toml,
@@ -184,14 +223,19 @@ impl<'a> Run<'a> {
             if !batch.is_empty() {
                 self.forward_backward(batch, &mut step)?;
             }
+            step.loader_batches += 1;
+            if self.world.ranks() > 1 && !self.frozen() {
+                parallel::average_running_stats(self.model()?, self.world)?;
+            }
             let epoch_done = batch_in_epoch == self.plan.batches_per_epoch;
-            if u64::from(step.sum.batches()) < self.plan.accumulation && !epoch_done {
+            if u64::from(step.loader_batches) < self.plan.accumulation && !epoch_done {
                 continue;
             }
-            self.apply_step(std::mem::take(&mut step), batch_in_epoch);
+            let wants_stop = stop(self.state.step + 1);
+            let stopping =
+                self.apply_step(std::mem::take(&mut step), batch_in_epoch, wants_stop)?;
 
             let step_count = self.state.step;
-            let stopping = stop(step_count);
             let checkpoint_due = !epoch_done
                 && self
                     .config
@@ -224,13 +268,15 @@ impl<'a> Run<'a> {
         step.images += batch.len() as u64;
         // Dropout's masks come from (seed, step, batch, device), so a resumed run draws the
         // same masks as an uninterrupted one.
+        // Devices are numbered across processes, each process holding `parallel.len()`.
         let seed = self.config.training.seed;
         let (step_index, batch_index) = (self.state.step, u64::from(step.sum.batches()));
-        let seed_of = |device: usize| match device {
+        let first_device = self.world.rank() * self.parallel.len();
+        let seed_of = |device: usize| match first_device + device {
             0 => derive(&[seed, step_index, batch_index, 0xd20b]),
             d => derive(&[seed, step_index, batch_index, 0xd20b, d as u64]),
         };
-        let frozen = self.state.epoch < u64::from(self.config.training.freeze_epochs);
+        let frozen = self.frozen();
         let shares = self
             .parallel
             .forward_backward(self.model()?, batch, frozen, seed_of)
@@ -248,16 +294,28 @@ impl<'a> Run<'a> {
     }
 
     /// Applies an accumulated step (the device skips it when its loss or gradient norm is
-    /// not finite) and records it for the next read.
-    fn apply_step(&mut self, step: StepInProgress, batch_in_epoch: u64) {
-        let batches = u64::from(step.sum.batches());
+    /// not finite) and records it for the next read. With several processes the step's
+    /// gradients, metrics and stop requests are summed over them first. Returns whether to
+    /// stop after this step: `wants_stop` here, or on any process.
+    fn apply_step(
+        &mut self,
+        mut step: StepInProgress,
+        batch_in_epoch: u64,
+        wants_stop: bool,
+    ) -> Result<bool, TrainError> {
+        let mut batches = u64::from(step.sum.batches());
+        let mut tally = step.tally.take();
+        let mut stopping = wants_stop;
+        if self.world.ranks() > 1 {
+            let shared = self.share_step(&mut step, tally, wants_stop)?;
+            (tally, batches, stopping) = (Some(shared.tally), shared.batches, shared.stop);
+            step.images = shared.images;
+        }
         let lr = self.lr();
         let StepGradients { grads, norm } = step
             .sum
             .finish(self.config.training.grad_clip_norm, &self.device);
-        let tally = step
-            .tally
-            .unwrap_or_else(|| Tensor::zeros([slot::NORM], &self.device));
+        let tally = tally.unwrap_or_else(|| Tensor::zeros([slot::NORM], &self.device));
         let values = Tensor::cat(vec![tally, norm], 0);
         let finite = tally::finite(&values);
         // Moved, not cloned: the fused CPU loop then updates the weights' buffers in place.
@@ -269,7 +327,7 @@ impl<'a> Run<'a> {
             self.model = Some(model);
         }
         self.state.step += 1;
-        self.state.samples_seen += batches.max(1) * self.plan.batch_size;
+        self.state.samples_seen += u64::from(step.loader_batches) * self.plan.batch_size;
         self.state.batch_in_epoch = batch_in_epoch;
         self.state.lr = lr;
         self.tally.push(PendingStep {
@@ -282,6 +340,73 @@ impl<'a> Run<'a> {
             images: step.images,
             values,
         });
+        Ok(stopping)
+    }
+
+    /// Sums a step over the processes: gradients (weighted by images), metrics, images and
+    /// stop requests. Every process then holds the same gradients and the same metrics, so
+    /// all apply or skip the step alike and stop at the same step.
+    fn share_step(
+        &mut self,
+        step: &mut StepInProgress,
+        tally: Option<Tensor<1>>,
+        wants_stop: bool,
+    ) -> Result<SharedStep, TrainError> {
+        let mut extra = [0.0f32; slot::NORM + 1];
+        if let Some(tally) = tally {
+            for (slot, value) in extra.iter_mut().zip(tally.into_data().iter::<f32>()) {
+                *slot = value;
+            }
+        }
+        extra[slot::NORM] = f32::from(u8::from(wants_stop));
+        let batches = step.loader_batches;
+        let model = self.model.as_ref().ok_or(TrainError::ModelLost)?;
+        let images = step.sum.exchange(
+            model,
+            self.world,
+            Exchange {
+                images: step.images,
+                batches,
+                extra: &mut extra,
+                device: &self.device,
+            },
+        )?;
+        // The loss slot holds the sum of batch means; over processes, the mean per image
+        // (from the loss x images slot) times the batches gives the same reading.
+        extra[slot::LOSS] = extra[slot::LOSS + 1] / images.max(1) as f32 * batches as f32;
+        Ok(SharedStep {
+            tally: Tensor::from_floats(&extra[..slot::NORM], &self.device),
+            images,
+            batches: u64::from(batches),
+            stop: extra[slot::NORM] > 0.0,
+        })
+    }
+
+    /// Whether the features are frozen this epoch (only the classifier learns).
+    fn frozen(&self) -> bool {
+        self.state.epoch < u64::from(self.config.training.freeze_epochs)
+    }
+
+    /// Whether this process writes the run's files (rank 0).
+    pub fn leads(&self) -> bool {
+        self.world.rank() == 0
+    }
+
+    /// Writes a row to the metrics files (on rank 0) and the curves.
+    pub fn log_row(&mut self, row: &MetricsRow) -> Result<(), TrainError> {
+        if let Some(log) = &mut self.log {
+            log.write(row).map_err(io_error(log.jsonl_path()))?;
+        }
+        self.curves.add(row);
+        Ok(())
+    }
+
+    /// Flushes the metrics files (on rank 0).
+    pub fn flush_log(&mut self) -> Result<(), TrainError> {
+        match &mut self.log {
+            Some(log) => log.flush().map_err(io_error(log.jsonl_path())),
+            None => Ok(()),
+        }
     }
 
     /// The model being trained.
@@ -305,7 +430,7 @@ impl<'a> Run<'a> {
         for read in steps {
             let step = &read.pending;
             if !read.finite() {
-                let _ = self.log.flush();
+                let _ = self.flush_log();
                 return Err(TrainError::NonFiniteLoss {
                     loss: read.loss(),
                     grad_norm: read.grad_norm(),
@@ -348,10 +473,7 @@ impl<'a> Run<'a> {
                 grad_norm: Some(report.grad_norm),
                 ..Default::default()
             };
-            self.log
-                .write(&row)
-                .map_err(io_error(self.log.jsonl_path()))?;
-            self.curves.add(&row);
+            self.log_row(&row)?;
             reporter.step(&report);
         }
         Ok(())
@@ -365,11 +487,16 @@ impl<'a> Run<'a> {
         reporter: &mut dyn Reporter,
     ) -> Result<PathBuf, TrainError> {
         self.read_steps(reporter)?;
-        self.log.flush().map_err(io_error(self.log.jsonl_path()))?;
+        self.flush_log()?;
         self.state.reason = reason.to_string();
         self.state.ema_updates = self.ema.as_ref().map_or(0, Ema::updates);
-        let valid = self.model()?.valid();
         let name = checkpoint::checkpoint_name(self.state.step);
+        if !self.leads() {
+            let path = self.checkpoints.join(name);
+            self.last_checkpoint = Some(path.clone());
+            return Ok(path);
+        }
+        let valid = self.model()?.valid();
         let path = checkpoint::write(
             &self.checkpoints,
             &name,
@@ -408,6 +535,17 @@ impl<'a> Run<'a> {
     }
 }
 
+/// A step summed over the processes.
+struct SharedStep {
+    /// The step's [`batch_tally`] sums, on the main device.
+    tally: Tensor<1>,
+    images: u64,
+    /// Loader batches in the step.
+    batches: u64,
+    /// Whether some process asked to stop.
+    stop: bool,
+}
+
 impl Plan {
     fn new(
         config: &TrainConfig,
@@ -415,7 +553,7 @@ impl Plan {
         train_loader: &Loader,
         train_images: usize,
     ) -> Result<Self, TrainError> {
-        // Each device takes `data.batch_size` images of every batch.
+        // Each device (of every process) takes `data.batch_size` images of every batch.
         let batch_size = (config.data.batch_size * devices) as u64;
         let accumulation = u64::from(config.training.grad_accumulation);
         let batches_per_epoch = train_loader.batches_per_epoch() as u64;

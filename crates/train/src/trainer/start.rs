@@ -10,8 +10,10 @@ use xception_model::interop;
 use xception_model::{Xception, XceptionConfig};
 
 use super::{ResumeFrom, RunOptions, TrainError, io_error};
+use crate::by_path;
 use crate::checkpoint::{self, Checkpoint, CheckpointError, Recovered, TrainState};
 use crate::config::TrainConfig;
+use crate::distributed::{Collective, Packet};
 use crate::ema::Ema;
 use crate::metrics::ClassificationMeter;
 use crate::optim::Optimizer;
@@ -71,6 +73,7 @@ pub(super) fn recover_checkpoints(
 pub(super) fn resume_point(
     config: &TrainConfig,
     options: &RunOptions,
+    ranks: usize,
     checkpoints: &Path,
     reporter: &mut dyn Reporter,
 ) -> Result<Option<Checkpoint>, TrainError> {
@@ -98,7 +101,13 @@ pub(super) fn resume_point(
         return Ok(None);
     };
     let saved = TrainConfig::parse(&resume.dir.join("config.toml"), &resume.config_toml, &[])?;
-    let changes = recipe_changes(&saved, config);
+    let mut changes = recipe_changes(&saved, config);
+    if resume.state.ranks != ranks as u64 {
+        changes.push(format!(
+            "number of processes (state.json `ranks`, mpirun -np): {} -> {ranks} (the batch per step changes)",
+            resume.state.ranks
+        ));
+    }
     if !changes.is_empty() {
         if !options.force {
             return Err(TrainError::ConfigChanged {
@@ -215,7 +224,17 @@ pub(super) fn fresh(
         .training
         .ema_decay
         .map(|decay| Ema::new(&model, decay, config.training.ema_warmup));
-    let state = TrainState {
+    Ok(Restored {
+        model,
+        ema,
+        optimizer: Optimizer::new(config.optimizer.clone()),
+        state: first_state(config, first_lr),
+    })
+}
+
+/// The state before the first step.
+fn first_state(config: &TrainConfig, first_lr: f64) -> TrainState {
+    TrainState {
         format: checkpoint::FORMAT,
         epoch: 0,
         step: 0,
@@ -228,13 +247,143 @@ pub(super) fn fresh(
         best: None,
         reason: String::new(),
         running: ClassificationMeter::default(),
-    };
+        ranks: 1,
+    }
+}
+
+/// A model, EMA and optimizer of the config's shape, before rank 0's values arrive
+/// ([`receive_start`]): no file is read.
+pub(super) fn blank(config: &TrainConfig, train_device: &Device) -> Result<Restored, TrainError> {
+    let model = Xception::new(&config.model, train_device)?;
+    let ema = config
+        .training
+        .ema_decay
+        .map(|decay| Ema::new(&model, decay, config.training.ema_warmup));
     Ok(Restored {
         model,
         ema,
         optimizer: Optimizer::new(config.optimizer.clone()),
-        state,
+        state: first_state(config, 0.0),
     })
+}
+
+/// What a rank holds at the start, as a packet: position, weights, EMA, optimizer state.
+fn start_packet(restored: &Restored) -> Packet {
+    let mut packet = Packet {
+        document: serde_json::to_value(&restored.state).unwrap_or_default(),
+        ..Default::default()
+    };
+    packet.add("model", by_path::floats(&restored.model));
+    if let Some(ema) = &restored.ema {
+        packet.add("ema", by_path::floats(ema.model()));
+    }
+    packet.add("optimizer", restored.optimizer.state_tensors());
+    packet
+}
+
+/// Rank 0 sends where the run starts (restored, fresh or `init_from`), or why it cannot
+/// start, to every other rank, so that no other rank needs the run directory's files.
+pub(super) fn send_start(
+    world: &dyn Collective,
+    begun: Result<&Restored, &TrainError>,
+) -> Result<(), TrainError> {
+    let mut bytes = match begun {
+        Ok(restored) => {
+            let mut bytes = vec![1];
+            bytes.extend(start_packet(restored).encode());
+            bytes
+        }
+        Err(error) => {
+            let mut bytes = vec![0];
+            bytes.extend(error.to_string().into_bytes());
+            bytes
+        }
+    };
+    world.broadcast(&mut bytes)?;
+    Ok(())
+}
+
+/// The other ranks' side of [`send_start`]: `restored` (from [`blank`]) takes rank 0's
+/// values; rank 0's refusal becomes this rank's error, with the same message.
+pub(super) fn receive_start(
+    world: &dyn Collective,
+    config: &TrainConfig,
+    restored: &mut Restored,
+    device: &Device,
+) -> Result<(), TrainError> {
+    let mut bytes = Vec::new();
+    world.broadcast(&mut bytes)?;
+    let corrupt = |reason: String| {
+        TrainError::RanksDiffer(format!(
+            "the start state from {}: {reason}",
+            world.describe(0)
+        ))
+    };
+    match bytes.split_first() {
+        Some((1, packet)) => {
+            let packet = Packet::decode(packet).map_err(corrupt)?;
+            restored.state = serde_json::from_value(packet.document.clone())
+                .map_err(|e| corrupt(e.to_string()))?;
+            let model = restored.model.clone();
+            restored.model = by_path::map_floats(model, replace_from(&packet, "model"));
+            if let (Some(ema), Some(decay)) = (&restored.ema, config.training.ema_decay) {
+                let averaged =
+                    by_path::map_floats(ema.model().clone(), replace_from(&packet, "ema"));
+                restored.ema = Some(Ema::resume(
+                    averaged,
+                    decay,
+                    config.training.ema_warmup,
+                    restored.state.ema_updates,
+                ));
+            }
+            restored
+                .optimizer
+                .load_state(&restored.model, packet.data("optimizer"), device)
+                .map_err(|e| corrupt(e.to_string()))?;
+            Ok(())
+        }
+        Some((_, message)) => Err(TrainError::Refused(
+            String::from_utf8_lossy(message).into_owned(),
+        )),
+        None => Err(corrupt("nothing arrived".into())),
+    }
+}
+
+/// A tensor's value from `group` of `packet` when it holds the path (a missing one shows in
+/// [`check_start`]'s checksum).
+fn replace_from<'p>(
+    packet: &'p Packet,
+    group: &str,
+) -> impl FnMut(&str, burn::tensor::Tensor<1>) -> burn::tensor::Tensor<1> + 'p {
+    let values = packet.groups.get(group);
+    move |path, value| match values.and_then(|values| values.get(path)) {
+        Some(new) if new.len() == value.dims()[0] => burn::tensor::Tensor::from_data(
+            burn::tensor::TensorData::new(new.clone(), [new.len()]),
+            &value.device(),
+        ),
+        _ => value,
+    }
+}
+
+/// Every rank compares a checksum of what it holds with rank 0's.
+pub(super) fn check_start(world: &dyn Collective, restored: &Restored) -> Result<(), TrainError> {
+    if world.ranks() == 1 {
+        return Ok(());
+    }
+    let checksum = start_packet(restored).checksum();
+    let all = world.gather(&checksum.to_le_bytes())?;
+    for (rank, theirs) in all.iter().enumerate() {
+        if theirs.as_slice() != all[0].as_slice() {
+            return Err(TrainError::RanksDiffer(format!(
+                "after the start state's broadcast, {} holds state with checksum {:02x?}, {} holds {:02x?}",
+                world.describe(rank),
+                theirs,
+                world.describe(0),
+                all[0]
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Starts `model` from the weights at `init` (`training.init_from`).
