@@ -221,3 +221,30 @@ fn the_demo_evaluates_with_meaningful_statistics_after_its_first_epoch() {
         assert!(loss < Some(10.0), "validation loss after one epoch: {val}");
     }
 }
+
+/// Built without the `mpi` feature, a process that a launcher started as one of several
+/// (here `mpirun`'s environment, without mpirun) refuses to train a copy of its own.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn without_mpi_a_launched_process_refuses_to_train_alone() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = tiny_config(dir.path(), "tiny", 3, 1, "");
+    let run_dir = dir.path().join("run");
+    let output = Command::new(env!("CARGO_BIN_EXE_xception"))
+        .args([
+            "train",
+            &config,
+            "--run-dir",
+            &run_dir.display().to_string(),
+        ])
+        .env("OMPI_COMM_WORLD_SIZE", "2")
+        .output()
+        .expect("runs");
+    let err = text(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        err.contains("OMPI_COMM_WORLD_SIZE=2") && err.contains("--features mpi"),
+        "{err}"
+    );
+    assert!(!run_dir.exists(), "nothing was written");
+}

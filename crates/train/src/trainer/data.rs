@@ -161,16 +161,21 @@ pub(super) fn open_data(
     let (train_images, val_images) = (train_set.len(), val_set.len());
     let classes_json = serde_json::to_string_pretty(&train_set.classes).unwrap_or_default();
     if world.ranks() > 1 {
-        let fingerprint = vec![
-            ("the config hash".to_string(), config.hash()),
-            ("devices".to_string(), devices.to_string()),
+        // Fields that may differ between machines (paths, workers, logging) are left out.
+        let mut fingerprint: Vec<(String, String)> = config
+            .flatten()
+            .into_iter()
+            .filter(|(key, _)| !super::start::result_neutral(key))
+            .collect();
+        fingerprint.extend([
+            ("devices per process".to_string(), devices.to_string()),
             ("training images".to_string(), train_images.to_string()),
             ("validation images".to_string(), val_images.to_string()),
             (
                 "a class list hashed to".to_string(),
                 format!("{:016x}", rng::hash_bytes(0, classes_json.as_bytes())),
             ),
-        ];
+        ]);
         distributed::check_same(world, &fingerprint)?.map_err(TrainError::RanksDiffer)?;
     }
     let shard = Shard {

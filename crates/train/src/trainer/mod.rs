@@ -254,7 +254,14 @@ pub fn train_with(
             return Ok(run.summary(outcome));
         }
         run.end_epoch(reporter)?;
-        if stop_requested(run.state.step) && run.state.epoch < run.plan.epochs {
+        // Several processes stop only as they agreed at the epoch's last step; alone, a
+        // request made during the evaluation counts too.
+        let stopping = if world.ranks() > 1 {
+            run.stop_agreed
+        } else {
+            stop_requested(run.state.step)
+        };
+        if stopping && run.state.epoch < run.plan.epochs {
             return Ok(run.summary(Outcome::Interrupted));
         }
     }

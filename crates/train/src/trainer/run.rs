@@ -64,6 +64,8 @@ pub(super) struct Run<'a> {
     tally: Tally,
     pub last_checkpoint: Option<PathBuf>,
     pub last_eval: Option<EvalReport>,
+    /// Whether the last step's processes agreed to stop after it.
+    pub stop_agreed: bool,
     started: Instant,
 }
 
@@ -196,6 +198,7 @@ impl<'a> Run<'a> {
             tally: Tally::new(),
             last_checkpoint: resume.map(|r| r.dir),
             last_eval: None,
+            stop_agreed: false,
             started,
         })
     }
@@ -330,6 +333,7 @@ impl<'a> Run<'a> {
         self.state.samples_seen += u64::from(step.loader_batches) * self.plan.batch_size;
         self.state.batch_in_epoch = batch_in_epoch;
         self.state.lr = lr;
+        self.stop_agreed = stopping;
         self.tally.push(PendingStep {
             epoch: self.state.epoch,
             step: self.state.step,

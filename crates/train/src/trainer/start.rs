@@ -31,11 +31,16 @@ const RESULT_NEUTRAL: [&str; 7] = [
     "data.root",
 ];
 
+/// Whether the config field `key` (or a `key: old -> new` line) never changes results.
+pub(super) fn result_neutral(key: &str) -> bool {
+    RESULT_NEUTRAL.iter().any(|prefix| key.starts_with(prefix))
+}
+
 fn recipe_changes(old: &TrainConfig, new: &TrainConfig) -> Vec<String> {
     let mut changes: Vec<String> = old
         .changed_fields(new)
         .into_iter()
-        .filter(|line| !RESULT_NEUTRAL.iter().any(|prefix| line.starts_with(prefix)))
+        .filter(|line| !result_neutral(line))
         .collect();
     // Which devices is free; how many is not: each takes `data.batch_size` images.
     let (before, after) = (old.device_names().len(), new.device_names().len());

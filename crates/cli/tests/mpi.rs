@@ -1,0 +1,394 @@
+//! Training across processes: `mpirun -np N xception train`, through the real binary built
+//! with the `mpi` feature (`.ci/run` runs these after README's test command). Needs Open
+//! MPI's `mpirun` on the PATH; as root it also needs `OMPI_ALLOW_RUN_AS_ROOT=1` and
+//! `OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1`, which these tests set.
+
+#![cfg(feature = "mpi")]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{text, tiny_config, xception};
+
+/// `mpirun -np N [mpirun options] xception ARGS`, oversubscribing this machine's cores.
+fn mpirun_command(ranks: usize, mpirun_options: &[&str], args: &[&str]) -> Command {
+    let mut command = Command::new("mpirun");
+    command
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .args(["--oversubscribe", "-np", &ranks.to_string()])
+        .args(mpirun_options)
+        .arg(env!("CARGO_BIN_EXE_xception"))
+        .args(args);
+    command
+}
+
+fn mpirun(ranks: usize, args: &[&str]) -> Output {
+    mpirun_command(ranks, &[], args)
+        .output()
+        .expect("mpirun runs (is Open MPI installed?)")
+}
+
+fn succeeded(output: &Output) -> String {
+    let (out, err) = (text(&output.stdout), text(&output.stderr));
+    assert!(output.status.success(), "{out}\n{err}");
+    out + &err
+}
+
+/// The float tensors of a safetensors file, by name.
+fn tensors(path: &Path) -> BTreeMap<String, Vec<f32>> {
+    let bytes = std::fs::read(path).expect("read weights");
+    let file = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+    file.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let values = view
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            (name, values)
+        })
+        .collect()
+}
+
+/// The largest difference between two files' tensors, relative to each tensor's largest
+/// magnitude, and where.
+fn largest_difference(a: &Path, b: &Path) -> (f64, String) {
+    let (a, b) = (tensors(a), tensors(b));
+    assert_eq!(
+        a.keys().collect::<Vec<_>>(),
+        b.keys().collect::<Vec<_>>(),
+        "the same tensors"
+    );
+    let mut worst = (0.0, String::new());
+    for (name, x) in &a {
+        let y = &b[name];
+        let scale = x.iter().fold(1e-12f64, |m, v| m.max(f64::from(v.abs())));
+        for (p, q) in x.iter().zip(y) {
+            let d = f64::from((p - q).abs()) / scale;
+            if d > worst.0 {
+                worst = (d, name.clone());
+            }
+        }
+    }
+    worst
+}
+
+fn checkpoint(run: &Path, step: u64) -> PathBuf {
+    run.join("checkpoints").join(format!("step-{step:09}"))
+}
+
+/// The validation rows of a run's metrics: (epoch, images-weighted top-1, top-5, loss).
+fn val_rows(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .expect("metrics")
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|row| row["kind"] == "val")
+        .collect()
+}
+
+#[test]
+fn two_and_three_ranks_update_like_one_process_over_as_many_devices() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = tiny_config(dir.path(), "tiny", 3, 2, "");
+    for ranks in [2usize, 3] {
+        let one = dir.path().join(format!("one-{ranks}"));
+        let many = dir.path().join(format!("many-{ranks}"));
+        let devices = vec!["flex"; ranks].join(",");
+        // Rounding differences (the order of the sums) grow, and after a few more steps a
+        // ReLU or max-pool decision flips in this tiny model: compare after three steps.
+        let stop = ["--stop-at-step", "3"];
+        succeeded(&xception(
+            &[
+                &["train", &config, "--devices", &devices, "--run-dir"][..],
+                &[&one.display().to_string()],
+                &stop,
+            ]
+            .concat(),
+        ));
+        let log = succeeded(&mpirun(
+            ranks,
+            &[
+                &["train", &config, "--device", "flex", "--run-dir"][..],
+                &[&many.display().to_string()],
+                &stop,
+            ]
+            .concat(),
+        ));
+        assert_eq!(
+            log.matches("(run step 1)").count(),
+            1,
+            "rank 0 alone reports: {log}"
+        );
+        for file in ["model.safetensors", "ema.safetensors"] {
+            let (difference, name) = largest_difference(
+                &checkpoint(&one, 3).join(file),
+                &checkpoint(&many, 3).join(file),
+            );
+            assert!(
+                difference < 1e-5,
+                "{ranks} ranks, {file}: {name} differs by {difference:e}"
+            );
+        }
+        // Evaluation is sharded over the ranks: the same images, counted once.
+        let (a, b) = (val_rows(&one), val_rows(&many));
+        assert!(!a.is_empty());
+        assert_eq!(a.len(), b.len());
+        for (a, b) in a.iter().zip(&b) {
+            assert_eq!((&a["top1"], &a["top5"]), (&b["top1"], &b["top5"]));
+            let (x, y) = (a["loss"].as_f64(), b["loss"].as_f64());
+            assert!(
+                (x.unwrap_or(0.0) - y.unwrap_or(1.0)).abs() < 1e-5,
+                "{a} {b}"
+            );
+        }
+    }
+
+    // The control: one device with the same global batch normalises with the statistics of
+    // all 8 images, not of 4, and ends elsewhere.
+    let single = dir.path().join("single");
+    succeeded(&xception(&[
+        "train",
+        &config,
+        "--device",
+        "flex",
+        "--set",
+        "data.batch_size=8",
+        "--stop-at-step",
+        "3",
+        "--run-dir",
+        &single.display().to_string(),
+    ]));
+    let (difference, _) = largest_difference(
+        &checkpoint(&single, 3).join("model.safetensors"),
+        &checkpoint(&dir.path().join("many-2"), 3).join("model.safetensors"),
+    );
+    assert!(difference > 1e-3, "the control differs: {difference:e}");
+}
+
+#[test]
+fn a_stopped_and_resumed_run_ends_bit_identical_and_another_count_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = tiny_config(dir.path(), "tiny", 3, 2, "");
+    let whole = dir.path().join("whole");
+    let parts = dir.path().join("parts");
+    let run = |run_dir: &Path, extra: &[&str]| {
+        let run_dir = run_dir.display().to_string();
+        let args = [
+            &["train", &config, "--device", "flex", "--run-dir", &run_dir][..],
+            extra,
+        ]
+        .concat();
+        mpirun(2, &args)
+    };
+    succeeded(&run(&whole, &[]));
+    // Step 2 of 3 in the first epoch: mid-epoch.
+    let log = succeeded(&run(&parts, &["--stop-at-step", "2"]));
+    assert!(log.contains("stopped after step 2"), "{log}");
+
+    let other = mpirun_command(
+        3,
+        &[],
+        &[
+            "train",
+            &config,
+            "--device",
+            "flex",
+            "--run-dir",
+            &parts.display().to_string(),
+            "--resume",
+            "auto",
+        ],
+    )
+    .output()
+    .expect("mpirun");
+    let err = text(&other.stderr);
+    assert!(!other.status.success());
+    assert!(err.contains("`ranks`") && err.contains("2 -> 3"), "{err}");
+    assert_eq!(err.matches("the config differs").count(), 1, "{err}");
+
+    let log = succeeded(&run(&parts, &["--resume", "auto"]));
+    assert!(log.contains("finished 2 epochs (6 steps)"), "{log}");
+    for file in [
+        "model.safetensors",
+        "ema.safetensors",
+        "optimizer.safetensors",
+    ] {
+        let a = tensors(&checkpoint(&whole, 6).join(file));
+        let b = tensors(&checkpoint(&parts, 6).join(file));
+        assert!(a == b, "{file} differs after the resume");
+    }
+}
+
+#[test]
+fn ranks_that_disagree_on_the_config_refuse_to_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = tiny_config(dir.path(), "tiny", 3, 1, "");
+    let run_dir = dir.path().join("run").display().to_string();
+    let common = ["train", &config, "--device", "flex", "--run-dir", &run_dir];
+    let mut command = mpirun_command(1, &[], &common);
+    command
+        .args(["--set", "schedule.lr=0.1", ":", "-np", "1"])
+        .arg(env!("CARGO_BIN_EXE_xception"))
+        .args(common);
+    let output = command.output().expect("mpirun");
+    let err = text(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        err.contains("schedule.lr") && err.contains("rank 1"),
+        "the field and the rank are named: {err}"
+    );
+    assert!(!dir.path().join("run/checkpoints").exists());
+}
+
+#[test]
+fn a_non_finite_step_stops_every_rank_at_the_same_step() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = tiny_config(dir.path(), "tiny", 3, 2, "");
+    let run_dir = dir.path().join("run").display().to_string();
+    let output = mpirun(
+        2,
+        &[
+            "train",
+            &config,
+            "--device",
+            "flex",
+            "--run-dir",
+            &run_dir,
+            "--set",
+            "schedule.lr=1e30",
+        ],
+    );
+    let err = text(&output.stderr);
+    assert!(!output.status.success());
+    assert_eq!(err.matches("the loss became").count(), 1, "{err}");
+}
+
+/// Reads `child`'s stderr until a line contains `marker`; returns what it read. The rest is
+/// drained on a thread, so the job never writes into a closed pipe.
+fn read_until(child: &mut Child, marker: &str) -> String {
+    let stderr = child.stderr.take().expect("stderr");
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let mut seen = String::new();
+    for line in received.iter() {
+        seen += &line;
+        seen.push('\n');
+        if line.contains(marker) {
+            return seen;
+        }
+    }
+    panic!("the job ended before {marker:?}: {seen}");
+}
+
+/// Waits for `child` at most `limit`.
+fn wait_at_most(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "the job still runs after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn kill_9_of_one_rank_ends_the_job_and_the_resume_completes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = tiny_config(dir.path(), "tiny", 3, 1000, "");
+    let run_dir = dir.path().join("run").display().to_string();
+    let args = ["train", &config, "--device", "flex", "--run-dir", &run_dir];
+    let mut job = mpirun_command(2, &[], &args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mpirun");
+    read_until(&mut job, "(run step 5)");
+    let ranks = Command::new("pgrep")
+        .args(["-P", &job.id().to_string()])
+        .output()
+        .expect("pgrep");
+    let victim = text(&ranks.stdout)
+        .lines()
+        .filter_map(|pid| pid.trim().parse::<u32>().ok())
+        .max()
+        .expect("a rank process");
+    let killed = Command::new("kill")
+        .args(["-9", &victim.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let status = wait_at_most(&mut job, Duration::from_secs(60));
+    assert!(!status.success());
+
+    let output = mpirun(
+        2,
+        &[&args[..], &["--resume", "auto", "--stop-at-step", "12"]].concat(),
+    );
+    let log = succeeded(&output);
+    assert!(log.contains("stopped after step 12"), "{log}");
+}
+
+#[test]
+fn ctrl_c_on_mpirun_writes_an_interrupt_checkpoint() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = tiny_config(dir.path(), "tiny", 3, 1000, "");
+    let run_dir = dir.path().join("run");
+    let mut job = mpirun_command(
+        2,
+        // mpirun sends SIGTERM this many seconds after Ctrl-C, and SIGKILL as many later.
+        &["--mca", "odls_base_sigkill_timeout", "3"],
+        &[
+            "train",
+            &config,
+            "--device",
+            "flex",
+            "--run-dir",
+            &run_dir.display().to_string(),
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("mpirun");
+    read_until(&mut job, "(run step 3)");
+    let interrupted = Command::new("kill")
+        .args(["-INT", &job.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(interrupted.success());
+    let status = wait_at_most(&mut job, Duration::from_secs(60));
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut job.stdout.take().expect("stdout"), &mut out)
+        .expect("stdout");
+    // Each rank exits with 130, as a Ctrl-C'd run does; mpirun reports that as its 1.
+    assert!(!status.success(), "{out}");
+    assert!(out.contains("stopped after step"), "{out}");
+    let newest = std::fs::read_dir(run_dir.join("checkpoints"))
+        .expect("checkpoints")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.join("state.json").is_file())
+        .max()
+        .expect("a checkpoint");
+    let state = std::fs::read_to_string(newest.join("state.json")).expect("state");
+    // Mid-epoch the stop writes its own checkpoint; at an epoch's end the epoch's is the one.
+    assert!(
+        state.contains("\"reason\": \"interrupt\"") || state.contains("\"reason\": \"epoch\""),
+        "{state}"
+    );
+}
