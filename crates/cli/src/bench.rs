@@ -1,8 +1,9 @@
 //! `xception bench`: throughput measurements, written to a file for docs/benchmarks.md.
 //!
-//! Three targets: the data pipeline (decode, random resized crop, flip, normalise, batch) on
-//! photo-like JPEGs with 1 and 2 worker threads; inference; and the full training step, with
-//! the median time of its forward, backward and update parts.
+//! Four targets: the data pipeline (decode, random resized crop, flip, normalise, batch) on
+//! photo-like JPEGs with 1 and 2 worker threads; inference; the full training step, with
+//! the median time of its forward, backward and update parts; and, under mpirun, the sum of
+//! a whole gradient between the processes.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,6 +13,10 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use xception_data::synth::generate_photos;
 use xception_data::{ClassInfo, Dataset, Loader, LoaderConfig, RandomResizedCrop, Transform};
+use xception_model::{Summary, XceptionConfig};
+use xception_train::distributed::{BUCKET, barrier};
+
+use crate::processes::Processes;
 
 /// What to measure.
 pub struct PipelineBench<'a> {
@@ -341,5 +346,67 @@ pub fn train_step(
             update: phase(2),
         },
         peak_rss_mib: peak_rss_mib(),
+    })
+}
+
+/// Timings of the sum of a whole gradient between the processes of an `mpirun` job.
+#[derive(Debug, Serialize)]
+pub struct AllreduceResult {
+    /// Processes.
+    pub ranks: usize,
+    /// Values summed: the paper's model's trainable parameters.
+    pub values: usize,
+    /// Buckets of at most [`BUCKET`] values, each summed by one collective call.
+    pub buckets: usize,
+    /// Median seconds of the rank-ordered sum the training loop uses.
+    pub ordered_seconds: f64,
+    /// Every timed rank-ordered sum, seconds.
+    pub ordered: Vec<f64>,
+    /// Median seconds of `MPI_Allreduce` on the same buckets (summation order not fixed).
+    pub mpi_allreduce_seconds: f64,
+    /// Every timed `MPI_Allreduce`, seconds.
+    pub mpi_allreduce: Vec<f64>,
+}
+
+/// Times the sum of a gradient of the paper's model (22,855,952 values) over the processes,
+/// in [`BUCKET`]-value buckets as training sends it: the rank-ordered sum training uses,
+/// then `MPI_Allreduce` for comparison. Every process takes part; each timed sum starts
+/// after a barrier.
+pub fn allreduce(processes: &Processes, warmup: usize, repeats: usize) -> Result<AllreduceResult> {
+    let world = processes.collective();
+    if world.ranks() < 2 {
+        anyhow::bail!(
+            "--target allreduce measures processes that mpirun started: run it as `mpirun -np 2 xception bench --target allreduce` with a binary built with --features mpi"
+        );
+    }
+    let values = Summary::new(&XceptionConfig::default()).trainable_params as usize;
+    let mut gradient: Vec<f32> = (0..values).map(|i| (i % 1000) as f32 * 1e-3).collect();
+    let mut time = |sum: &mut dyn FnMut(&mut [f32]) -> Result<()>| -> Result<Vec<f64>> {
+        let mut seconds = Vec::new();
+        for pass in 0..warmup + repeats {
+            barrier(world)?;
+            let started = Instant::now();
+            for bucket in gradient.chunks_mut(BUCKET) {
+                sum(bucket)?;
+            }
+            if pass >= warmup {
+                seconds.push(started.elapsed().as_secs_f64());
+            }
+        }
+        Ok(seconds)
+    };
+    let ordered = time(&mut |bucket| Ok(world.sum(bucket)?))?;
+    let mpi_allreduce = time(&mut |bucket| {
+        processes.sum_with_mpi_allreduce(bucket);
+        Ok(())
+    })?;
+    Ok(AllreduceResult {
+        ranks: world.ranks(),
+        values,
+        buckets: values.div_ceil(BUCKET),
+        ordered_seconds: median(&ordered),
+        ordered,
+        mpi_allreduce_seconds: median(&mpi_allreduce),
+        mpi_allreduce,
     })
 }

@@ -225,6 +225,10 @@ enum BenchTarget {
     Inference,
     /// Full training steps (forward, backward, SGD) of the paper's model on --device.
     Train,
+    /// The sum of a whole gradient of the paper's model between the processes of an mpirun
+    /// job (a binary built with --features mpi): `mpirun -np 2 xception bench --target
+    /// allreduce`.
+    Allreduce,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -452,6 +456,23 @@ fn bench_command(args: BenchArgs) -> Result<()> {
                 result.images_per_second,
                 &format!("{} steps", result.seconds.len()),
             ) + &memory;
+            emit_results(out, json, &result, &summary)
+        }
+        BenchTarget::Allreduce => {
+            let processes = processes::Processes::join(std::time::Duration::from_secs(900))?;
+            let result = bench::allreduce(&processes, warmup, repeats)?;
+            if !processes.leads() {
+                return Ok(());
+            }
+            let summary = format!(
+                "sum of {} gradient values ({} buckets) over {} processes: {:.1} ms in rank order, {:.1} ms with MPI_Allreduce (medians of {})",
+                result.values,
+                result.buckets,
+                result.ranks,
+                result.ordered_seconds * 1e3,
+                result.mpi_allreduce_seconds * 1e3,
+                result.ordered.len()
+            );
             emit_results(out, json, &result, &summary)
         }
         BenchTarget::Inference => {

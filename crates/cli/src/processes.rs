@@ -96,6 +96,22 @@ impl Processes {
         }
     }
 
+    /// Sums `values` with the MPI library's own all-reduce (for the benchmark's comparison);
+    /// false when alone.
+    pub fn sum_with_mpi_allreduce(&self, values: &mut [f32]) -> bool {
+        match self {
+            Processes::Alone => {
+                let _ = values;
+                false
+            }
+            #[cfg(feature = "mpi")]
+            Processes::Mpi(world) => {
+                world.sum_with_mpi_allreduce(values);
+                true
+            }
+        }
+    }
+
     /// Whether this process prints the run's progress and results (rank 0).
     pub fn leads(&self) -> bool {
         self.collective().rank() == 0

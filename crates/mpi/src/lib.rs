@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use mpi::Threading;
-use mpi::collective::{CommunicatorCollectives, Root};
+use mpi::collective::{CommunicatorCollectives, Root, SystemOperation};
 use mpi::environment::Universe;
 use mpi::request::{Request, Scope, scope};
 use mpi::topology::{Communicator, SimpleCommunicator};
@@ -79,6 +79,21 @@ impl MpiWorld {
     /// rank is left waiting for one that failed.
     pub fn abort(&self, code: i32) -> ! {
         self.world.abort(code)
+    }
+
+    /// Sums `values` over the ranks with `MPI_Allreduce`, in whatever order the library
+    /// chooses: only to compare [`Collective::sum`] with (`xception bench --target allreduce`).
+    pub fn sum_with_mpi_allreduce(&self, values: &mut [f32]) {
+        let send = values.to_vec();
+        scope(|scope| {
+            let request = self.world.immediate_all_reduce_into(
+                scope,
+                &send[..],
+                values,
+                SystemOperation::sum(),
+            );
+            self.wait("MPI_Allreduce", request);
+        });
     }
 
     /// Waits for `request`, testing it until it completes; past the time limit, says which

@@ -9,7 +9,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::host;
-use crate::distributed::{BUCKET, Collective, CollectiveError};
+use crate::distributed::{Collective, CollectiveError};
 
 /// The gradients of one optimizer step, summed over accumulated batches, by parameter id.
 #[derive(Default)]
@@ -65,9 +65,9 @@ impl GradientSum {
     /// (the same on every rank), `extra` values to sum alongside (the step's metrics, stop
     /// requests). Returns the images of all ranks. A header of `[has gradient, per parameter |
     /// extra | images]` is summed first, so that only parameters with a gradient on some rank
-    /// travel (all of them, unless layers are frozen), then the gradients in buckets of
-    /// [`BUCKET`] values in the module's order, each read back from the device in one
-    /// transfer.
+    /// travel (all of them, unless layers are frozen), then the gradients in buckets of at
+    /// most `bucket` values (whole parameters, in the module's order; a larger parameter
+    /// alone), each read back from the device in one transfer.
     pub fn exchange<M: Module>(
         &mut self,
         model: &M,
@@ -97,7 +97,7 @@ impl GradientSum {
         while start < present.len() {
             let mut end = start + 1;
             let mut len = present[start].1;
-            while end < present.len() && len + present[end].1 <= BUCKET {
+            while end < present.len() && len + present[end].1 <= exchange.bucket {
                 len += present[end].1;
                 end += 1;
             }
@@ -205,6 +205,8 @@ pub struct Exchange<'a> {
     pub extra: &'a mut [f32],
     /// Where the summed gradients go.
     pub device: &'a Device,
+    /// Values per bucket ([`crate::distributed::BUCKET`]).
+    pub bucket: usize,
 }
 
 /// Every float parameter's id and size, in the module's order.
@@ -245,5 +247,87 @@ impl ModuleVisitor for TakeGradients<'_> {
             }
         };
         self.sums.insert(param.id, sum);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::nn::{Linear, LinearConfig};
+    use burn::tensor::{Device, Tensor};
+
+    use super::*;
+    use crate::distributed::CollectiveError;
+
+    /// A world of two where the other rank holds 1.0 in every value it sends (its gradients,
+    /// presence flags, extras and image count).
+    struct OtherHoldsOnes;
+
+    impl Collective for OtherHoldsOnes {
+        fn rank(&self) -> usize {
+            0
+        }
+        fn ranks(&self) -> usize {
+            2
+        }
+        fn describe(&self, rank: usize) -> String {
+            format!("rank {rank}")
+        }
+        fn sum(&self, values: &mut [f32]) -> Result<(), CollectiveError> {
+            values.iter_mut().for_each(|v| *v += 1.0);
+            Ok(())
+        }
+        fn broadcast(&self, _bytes: &mut Vec<u8>) -> Result<(), CollectiveError> {
+            Ok(())
+        }
+        fn gather(&self, bytes: &[u8]) -> Result<Vec<Vec<u8>>, CollectiveError> {
+            Ok(vec![bytes.to_vec(), bytes.to_vec()])
+        }
+    }
+
+    #[test]
+    fn exchanged_gradients_are_weighted_by_images_whatever_the_buckets() {
+        let device = Device::flex();
+        let model: Linear = LinearConfig::new(3, 2).init(&device);
+        let ids: Vec<ParamId> = param_sizes(&model).iter().map(|(id, _)| *id).collect();
+        let exchange_with = |bucket: usize| {
+            let mut sum = GradientSum::default();
+            // The weight's gradient only: the bias has none on this rank but one on the other.
+            sum.sums.insert(
+                ids[0],
+                Tensor::from_floats([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &device),
+            );
+            sum.order.push(ids[0]);
+            sum.batches = 1;
+            let mut extra = [7.0f32];
+            let images = sum
+                .exchange(
+                    &model,
+                    &OtherHoldsOnes,
+                    Exchange {
+                        images: 3,
+                        batches: 1,
+                        extra: &mut extra,
+                        device: &device,
+                        bucket,
+                    },
+                )
+                .expect("exchange");
+            assert_eq!((images, extra), (4, [8.0]));
+            let order = sum.order.clone();
+            order
+                .iter()
+                .map(|id| sum.sums[id].clone().into_data().iter::<f32>().collect())
+                .collect::<Vec<Vec<f32>>>()
+        };
+        let whole = exchange_with(usize::MAX);
+        // (3 images x g + the other's 1) / 4 images; the bias: (0 + 1) / 4.
+        let expected: Vec<f32> = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]
+            .iter()
+            .map(|g| (3.0 * g + 1.0) / 4.0)
+            .collect();
+        assert_eq!(whole, vec![expected, vec![0.25, 0.25]]);
+        for bucket in [1, 2, 6, 7] {
+            assert_eq!(exchange_with(bucket), whole, "buckets of {bucket}");
+        }
     }
 }

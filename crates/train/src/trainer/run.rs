@@ -16,7 +16,7 @@ use super::tally::{self, PendingStep, Tally, slot};
 use super::{Outcome, RunOptions, RunSummary, TrainError, io_error};
 use crate::checkpoint::{self, CheckpointContents, TrainState};
 use crate::config::TrainConfig;
-use crate::distributed::Collective;
+use crate::distributed::{BUCKET, Collective};
 use crate::ema::Ema;
 use crate::metrics::batch_tally;
 use crate::optim::{Exchange, GradientSum, Optimizer, StepGradients};
@@ -373,6 +373,7 @@ impl<'a> Run<'a> {
                 batches,
                 extra: &mut extra,
                 device: &self.device,
+                bucket: BUCKET,
             },
         )?;
         // The loss slot holds the sum of batch means; over processes, the mean per image
