@@ -339,15 +339,7 @@ fn kill_9_of_one_rank_ends_the_job_and_the_resume_completes() {
         .spawn()
         .expect("mpirun");
     read_until(&mut job, "(run step 5)");
-    let ranks = Command::new("pgrep")
-        .args(["-P", &job.id().to_string()])
-        .output()
-        .expect("pgrep");
-    let victim = text(&ranks.stdout)
-        .lines()
-        .filter_map(|pid| pid.trim().parse::<u32>().ok())
-        .max()
-        .expect("a rank process");
+    let victim = rank_processes(&job).into_iter().max().expect("a rank");
     let killed = Command::new("kill")
         .args(["-9", &victim.to_string()])
         .status()
@@ -362,6 +354,72 @@ fn kill_9_of_one_rank_ends_the_job_and_the_resume_completes() {
     );
     let log = succeeded(&output);
     assert!(log.contains("stopped after step 12"), "{log}");
+}
+
+/// The rank processes of a running `mpirun` job (its children).
+fn rank_processes(job: &Child) -> Vec<u32> {
+    let children = Command::new("pgrep")
+        .args(["-P", &job.id().to_string()])
+        .output()
+        .expect("pgrep");
+    text(&children.stdout)
+        .lines()
+        .filter_map(|pid| pid.trim().parse::<u32>().ok())
+        .collect()
+}
+
+#[test]
+fn a_hung_rank_ends_the_job_after_the_collective_timeout() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = tiny_config(dir.path(), "tiny", 3, 1000, "");
+    let run_dir = dir.path().join("run").display().to_string();
+    let mut job = mpirun_command(
+        2,
+        &[],
+        &[
+            "train",
+            &config,
+            "--device",
+            "flex",
+            "--run-dir",
+            &run_dir,
+            "--collective-timeout",
+            "3",
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("mpirun");
+    let stderr = job.stderr.take().expect("stderr");
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let mut seen = String::new();
+    for line in received.iter() {
+        seen += &line;
+        seen.push('\n');
+        if line.contains("(run step 3)") {
+            break;
+        }
+    }
+    let hung = rank_processes(&job).into_iter().max().expect("a rank");
+    let stopped = Command::new("kill")
+        .args(["-STOP", &hung.to_string()])
+        .status()
+        .expect("kill");
+    assert!(stopped.success());
+    let status = wait_at_most(&mut job, Duration::from_secs(60));
+    assert!(!status.success());
+    let rest: Vec<String> = received.iter().collect();
+    let err = rest.join("\n");
+    assert!(
+        err.contains("waited more than 3 s") && err.contains("rank ") && err.contains(" on "),
+        "the waiting rank names itself: {err}"
+    );
 }
 
 #[test]
