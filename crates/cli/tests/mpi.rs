@@ -9,10 +9,11 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{text, tiny_config, xception};
+use common::{newest_checkpoint, text, tiny_config, xception};
 
 /// `mpirun -np N [mpirun options] xception ARGS`, oversubscribing this machine's cores.
 fn mpirun_command(ranks: usize, mpirun_options: &[&str], args: &[&str]) -> Command {
@@ -291,9 +292,9 @@ fn a_non_finite_step_stops_every_rank_at_the_same_step() {
     assert_eq!(err.matches("the loss became").count(), 1, "{err}");
 }
 
-/// Reads `child`'s stderr until a line contains `marker`; returns what it read. The rest is
-/// drained on a thread, so the job never writes into a closed pipe.
-fn read_until(child: &mut Child, marker: &str) -> String {
+/// `child`'s stderr, line by line, read on a thread to its end, so the job never writes
+/// into a closed pipe.
+fn follow_stderr(child: &mut Child) -> Receiver<String> {
     let stderr = child.stderr.take().expect("stderr");
     let (lines, received) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -301,8 +302,13 @@ fn read_until(child: &mut Child, marker: &str) -> String {
             let _ = lines.send(line);
         }
     });
+    received
+}
+
+/// Reads `lines` until one contains `marker`; returns what it read.
+fn read_until(lines: &Receiver<String>, marker: &str) -> String {
     let mut seen = String::new();
-    for line in received.iter() {
+    for line in lines.iter() {
         seen += &line;
         seen.push('\n');
         if line.contains(marker) {
@@ -338,7 +344,8 @@ fn kill_9_of_one_rank_ends_the_job_and_the_resume_completes() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("mpirun");
-    read_until(&mut job, "(run step 5)");
+    let lines = follow_stderr(&mut job);
+    read_until(&lines, "(run step 5)");
     let victim = rank_processes(&job).into_iter().max().expect("a rank");
     let killed = Command::new("kill")
         .args(["-9", &victim.to_string()])
@@ -391,21 +398,8 @@ fn a_hung_rank_ends_the_job_after_the_collective_timeout() {
     .stderr(Stdio::piped())
     .spawn()
     .expect("mpirun");
-    let stderr = job.stderr.take().expect("stderr");
-    let (lines, received) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = lines.send(line);
-        }
-    });
-    let mut seen = String::new();
-    for line in received.iter() {
-        seen += &line;
-        seen.push('\n');
-        if line.contains("(run step 3)") {
-            break;
-        }
-    }
+    let received = follow_stderr(&mut job);
+    read_until(&received, "(run step 3)");
     let hung = rank_processes(&job).into_iter().max().expect("a rank");
     let stopped = Command::new("kill")
         .args(["-STOP", &hung.to_string()])
@@ -444,7 +438,8 @@ fn ctrl_c_on_mpirun_writes_an_interrupt_checkpoint() {
     .stderr(Stdio::piped())
     .spawn()
     .expect("mpirun");
-    read_until(&mut job, "(run step 3)");
+    let lines = follow_stderr(&mut job);
+    read_until(&lines, "(run step 3)");
     let interrupted = Command::new("kill")
         .args(["-INT", &job.id().to_string()])
         .status()
@@ -457,13 +452,7 @@ fn ctrl_c_on_mpirun_writes_an_interrupt_checkpoint() {
     // Each rank exits with 130, as a Ctrl-C'd run does; mpirun reports that as its 1.
     assert!(!status.success(), "{out}");
     assert!(out.contains("stopped after step"), "{out}");
-    let newest = std::fs::read_dir(run_dir.join("checkpoints"))
-        .expect("checkpoints")
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.join("state.json").is_file())
-        .max()
-        .expect("a checkpoint");
+    let newest = newest_checkpoint(&run_dir);
     let state = std::fs::read_to_string(newest.join("state.json")).expect("state");
     // Mid-epoch the stop writes its own checkpoint; at an epoch's end the epoch's is the one.
     assert!(

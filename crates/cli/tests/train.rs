@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 mod common;
-use common::{text, tiny_config, xception};
+use common::{newest_checkpoint, text, tiny_config, xception};
 
 #[test]
 fn train_generates_its_data_stops_and_resumes() {
@@ -112,13 +112,7 @@ fn ctrl_c_writes_a_checkpoint_and_exits_cleanly() {
         rest.join("\n")
     );
     assert!(out.contains("continue with"), "{out}");
-    let newest = std::fs::read_dir(run_dir.join("checkpoints"))
-        .expect("checkpoints")
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.join("state.json").is_file())
-        .max()
-        .expect("a checkpoint");
+    let newest = newest_checkpoint(&run_dir);
     let state = std::fs::read_to_string(newest.join("state.json")).expect("state");
     assert!(state.contains("\"reason\": \"interrupt\""), "{state}");
 }

@@ -56,3 +56,14 @@ ema_decay = 0.9
     std::fs::write(&path, body).expect("write config");
     path.display().to_string()
 }
+
+/// The newest complete checkpoint of a run directory.
+pub fn newest_checkpoint(run_dir: &Path) -> std::path::PathBuf {
+    std::fs::read_dir(run_dir.join("checkpoints"))
+        .expect("checkpoints")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.join("state.json").is_file())
+        .max()
+        .expect("a checkpoint")
+}

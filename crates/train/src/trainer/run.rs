@@ -135,8 +135,11 @@ impl<'a> Run<'a> {
             if world.ranks() > 1 {
                 let restored = begun.as_ref().map(|(_, restored)| restored);
                 start::send_start(world, restored)?;
+                // The other ranks stop with this message too: one report is enough.
+                begun.map_err(|error| TrainError::Refused(error.to_string()))?
+            } else {
+                begun?
             }
-            begun?
         } else {
             let mut restored = start::blank(config, &train_device)?;
             start::receive_start(world, config, &mut restored, &device)?;
