@@ -60,6 +60,10 @@ pub struct TrainState {
     /// Processes that trained together (`mpirun -np`): the global batch depends on it.
     #[serde(default = "one")]
     pub ranks: u64,
+    /// Images per loader batch over all devices and processes, which turns `batch_in_epoch`
+    /// into a position in the epoch's order (0 in checkpoints that predate it).
+    #[serde(default)]
+    pub batch_images: u64,
 }
 
 fn one() -> u64 {

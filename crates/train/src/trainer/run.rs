@@ -153,6 +153,7 @@ impl<'a> Run<'a> {
             mut state,
         } = restored;
         state.ranks = world.ranks() as u64;
+        start::keep_position(&mut state, plan.batch_size, reporter);
         let config_toml = config.to_toml();
         let (log, kept_rows) = if leads {
             let config_path = run_dir.join("config.toml");

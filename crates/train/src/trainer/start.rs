@@ -253,7 +253,30 @@ fn first_state(config: &TrainConfig, first_lr: f64) -> TrainState {
         reason: String::new(),
         running: ClassificationMeter::default(),
         ranks: 1,
+        batch_images: 0,
     }
+}
+
+/// Keeps a resumed run's place in its epoch when the images per batch changed (a resume
+/// with `--force` on another number of devices or processes, or another `data.batch_size`):
+/// it continues from the first batch that starts at or before the sample where the
+/// checkpoint stopped, so no image of the epoch is skipped (up to a batch is seen again).
+pub(super) fn keep_position(
+    state: &mut TrainState,
+    batch_images: u64,
+    reporter: &mut dyn Reporter,
+) {
+    let before = state.batch_images;
+    if before != 0 && before != batch_images && state.batch_in_epoch > 0 {
+        let sample = state.batch_in_epoch * before;
+        state.batch_in_epoch = sample / batch_images.max(1);
+        reporter.note(&format!(
+            "{batch_images} images per batch instead of {before}: continuing the epoch from sample {} (batch {}), where the checkpoint stopped at sample {sample}",
+            state.batch_in_epoch * batch_images,
+            state.batch_in_epoch
+        ));
+    }
+    state.batch_images = batch_images;
 }
 
 /// A model, EMA and optimizer of the config's shape, before rank 0's values arrive
@@ -434,4 +457,30 @@ fn initialise_from(
         reporter.note(&format!("initialised from {}", loaded.source));
     }
     interop::assign(model, tensors).map_err(|e| init_error(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Silent;
+
+    #[test]
+    fn another_batch_size_continues_from_the_same_place_in_the_epoch() {
+        let config = TrainConfig::parse(Path::new("test.toml"), "", &[]).expect("defaults");
+        let mut state = first_state(&config, 0.1);
+        state.batch_in_epoch = 3;
+        state.batch_images = 8;
+        keep_position(&mut state, 12, &mut Silent);
+        assert_eq!((state.batch_in_epoch, state.batch_images), (2, 12));
+        keep_position(&mut state, 5, &mut Silent);
+        assert_eq!(
+            (state.batch_in_epoch, state.batch_images),
+            (4, 5),
+            "sample 24 is in batch 4"
+        );
+        // A checkpoint that predates the field keeps its position as it is.
+        state.batch_images = 0;
+        keep_position(&mut state, 7, &mut Silent);
+        assert_eq!((state.batch_in_epoch, state.batch_images), (4, 7));
+    }
 }
