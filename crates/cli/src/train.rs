@@ -235,8 +235,12 @@ impl Reporter for ConsoleReporter {
             Some(dir) => format!(", resuming from {}", dir.display()),
             None => String::new(),
         };
+        let processes = match start.processes {
+            1 => String::new(),
+            n => format!(" in each of {n} processes"),
+        };
         self.say(&format!(
-            "training on {}: {} images in {} classes ({} for validation), {} epochs of {} steps of {} images{from}",
+            "training on {}{processes}: {} images in {} classes ({} for validation), {} epochs of {} steps of {} images{from}",
             start.device,
             start.train_images,
             start.classes,
