@@ -71,12 +71,18 @@ impl Processes {
         };
         #[cfg(feature = "mpi")]
         {
-            let _ = (count, variable);
             let world = xception_mpi::MpiWorld::init(timeout)?;
-            if world.ranks() > 1 {
-                return Ok(Processes::Mpi(world));
+            // Fewer processes than the launcher started means MPI did not find the others
+            // (`srun` without PMI support, another MPI library than the launcher's): each
+            // would train its own copy into the same run directory.
+            if world.ranks() != count {
+                anyhow::bail!(
+                    "the launcher started {count} processes ({variable}={count}) but MPI sees {}: is this binary linked against the MPI library of this mpirun (or, under srun, try --mpi=pmix)?",
+                    world.ranks()
+                );
             }
-            Ok(Processes::Alone)
+            world.abort_on_panic();
+            Ok(Processes::Mpi(world))
         }
         #[cfg(not(feature = "mpi"))]
         {

@@ -172,6 +172,105 @@ fn two_and_three_ranks_update_like_one_process_over_as_many_devices() {
         }
     }
 
+    // Accumulated steps, frozen epochs and an undecodable image (a share one image short:
+    // shares and steps weighted by their images) agree too.
+    let broken = tiny_config(dir.path(), "broken", 4, 2, "");
+    let data = dir.path().join("data-4").display().to_string();
+    succeeded(&xception(&[
+        "data",
+        "synth",
+        "--out",
+        &data,
+        "--classes",
+        "4",
+        "--train-per-class",
+        "8",
+        "--val-per-class",
+        "2",
+        "--size",
+        "48",
+    ]));
+    std::fs::write(
+        dir.path().join("data-4/train/001-green-square/00002.jpg"),
+        b"not a JPEG",
+    )
+    .expect("break a file");
+    // (what, config, options, step compared, bit-identical). Where the two round
+    // differently (accumulation adds each rank's batches before the ranks, one process the
+    // devices first; a share of 3 images of 7 is weighted 3/7), this tiny model turns a
+    // rounding difference into a percent within a few steps (one process alone does the same
+    // with another thread count), so those cases compare early.
+    let cases = [
+        (
+            "accumulated",
+            &config,
+            "training.grad_accumulation=2",
+            2,
+            false,
+        ),
+        (
+            "frozen first epoch",
+            &config,
+            "training.freeze_epochs=1",
+            4,
+            true,
+        ),
+        ("a bad file", &broken, "training.seed=0", 1, false),
+    ];
+    for (what, config, option, step, exact) in cases {
+        let one = dir.path().join(format!("one {what}"));
+        let many = dir.path().join(format!("many {what}"));
+        let stop = step.to_string();
+        let args = |devices: &[&'static str], run: &Path| -> Vec<String> {
+            let mut args: Vec<String> = ["train", config.as_str()]
+                .iter()
+                .chain(devices)
+                .map(|s| s.to_string())
+                .collect();
+            args.extend(["--run-dir".into(), run.display().to_string()]);
+            args.extend([
+                "--set".into(),
+                option.into(),
+                "--stop-at-step".into(),
+                stop.clone(),
+            ]);
+            args
+        };
+        let one_args = args(&["--devices", "flex,flex"], &one);
+        succeeded(
+            &Command::new(env!("CARGO_BIN_EXE_xception"))
+                .env("RAYON_NUM_THREADS", "1")
+                .args(&one_args)
+                .output()
+                .expect("runs"),
+        );
+        let many_args = args(&["--device", "flex"], &many);
+        let many_args: Vec<&str> = many_args.iter().map(String::as_str).collect();
+        succeeded(
+            &mpirun_command(2, &["-x", "RAYON_NUM_THREADS"], &many_args)
+                .env("RAYON_NUM_THREADS", "1")
+                .output()
+                .expect("mpirun"),
+        );
+        for file in ["model.safetensors", "ema.safetensors"] {
+            let (a, b) = (
+                checkpoint(&one, step).join(file),
+                checkpoint(&many, step).join(file),
+            );
+            if exact {
+                assert!(
+                    tensors(&a) == tensors(&b),
+                    "{what}, {file}: not bit-identical"
+                );
+            }
+            let (difference, name) = largest_difference(&a, &b);
+            assert!(
+                difference < 1e-5,
+                "{what}, {file}: {name} differs by {difference:e}"
+            );
+        }
+    }
+
     // The control: one device with the same global batch normalises with the statistics of
     // all 8 images, not of 4, and ends elsewhere.
     let single = dir.path().join("single");

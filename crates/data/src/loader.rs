@@ -84,6 +84,10 @@ pub struct HostBatch {
     pub labels: Vec<i64>,
     /// Dataset index per image.
     pub samples: Vec<usize>,
+    /// Files the batch was drawn from, bad ones included.
+    pub files: usize,
+    /// Each image's position among those files (a bad file leaves a gap).
+    pub positions: Vec<usize>,
     /// Files of this batch that could not be decoded (left out of `images`).
     pub skipped: Vec<BadFile>,
     /// Image side.
@@ -101,23 +105,33 @@ impl HostBatch {
         self.labels.is_empty()
     }
 
-    /// Splits the batch into `parts` contiguous shares (data-parallel training), as even as
-    /// possible, the first shares taking one image more. Skipped files stay with the first
-    /// share; shares keep the batch's index.
+    /// Splits the batch into `parts` shares (data-parallel training): the contiguous shares
+    /// of its *files* ([`share`]: as even as possible, the first taking one more), each
+    /// with the images decoded from its files. A bad file leaves its own share one image
+    /// short, so the shares do not depend on which processes or devices decoded the files:
+    /// one process over N devices and N processes of one device (each decoding only its
+    /// shard, [`Loader::sharded`]) see the same shares. Skipped files are reported with the
+    /// first share; shares keep the batch's index.
     pub fn split(self, parts: usize) -> Vec<HostBatch> {
         if parts <= 1 {
             return vec![self];
         }
-        let n = self.len();
         let pixels = 3 * self.size * self.size;
+        let first_at_or_after = |position: usize| self.positions.partition_point(|&p| p < position);
         (0..parts)
             .map(|part| {
-                let range = share(n, parts, part);
+                let files = share(self.files, parts, part);
+                let range = first_at_or_after(files.start)..first_at_or_after(files.end);
                 HostBatch {
                     index: self.index,
                     images: self.images[range.start * pixels..range.end * pixels].to_vec(),
                     labels: self.labels[range.clone()].to_vec(),
-                    samples: self.samples[range].to_vec(),
+                    samples: self.samples[range.clone()].to_vec(),
+                    files: files.len(),
+                    positions: self.positions[range]
+                        .iter()
+                        .map(|p| p - files.start)
+                        .collect(),
                     skipped: if part == 0 {
                         self.skipped.clone()
                     } else {
@@ -302,10 +316,12 @@ impl EpochPlan {
             images: Vec::with_capacity((end - start) * slot),
             labels: Vec::with_capacity(end - start),
             samples: Vec::with_capacity(end - start),
+            files: end - start,
+            positions: Vec::with_capacity(end - start),
             skipped: Vec::new(),
             size,
         };
-        for &sample in &self.order[start..end] {
+        for (position, &sample) in self.order[start..end].iter().enumerate() {
             let path = self.dataset.path(sample);
             let filled = batch.images.len();
             batch.images.resize(filled + slot, 0.0);
@@ -320,6 +336,7 @@ impl EpochPlan {
                 Ok(()) => {
                     batch.labels.push(self.dataset.label(sample) as i64);
                     batch.samples.push(sample);
+                    batch.positions.push(position);
                 }
                 Err(reason) => {
                     batch.images.truncate(filled);

@@ -208,6 +208,8 @@ fn a_batch_splits_into_contiguous_shares_for_several_devices() {
         images: (0..5 * pixels).map(|v| v as f32).collect(),
         labels: vec![0, 1, 2, 3, 4],
         samples: vec![10, 11, 12, 13, 14],
+        files: 5,
+        positions: vec![0, 1, 2, 3, 4],
         skipped: Vec::new(),
         size,
     };
@@ -223,13 +225,29 @@ fn a_batch_splits_into_contiguous_shares_for_several_devices() {
     let shares = batch.clone().split(7);
     assert_eq!(shares.iter().map(HostBatch::len).sum::<usize>(), 5);
     assert!(shares[5].is_empty() && shares[6].is_empty());
-    assert_eq!(batch.clone().split(1), vec![batch]);
+    assert_eq!(batch.clone().split(1), vec![batch.clone()]);
+
+    // A bad file (position 1 of 6) leaves its own share one image short: the shares are
+    // those of the files, whoever decoded them.
+    let with_gap = HostBatch {
+        files: 6,
+        positions: vec![0, 2, 3, 4, 5],
+        ..batch
+    };
+    let shares = with_gap.split(2);
+    let labels: Vec<Vec<i64>> = shares.iter().map(|s| s.labels.clone()).collect();
+    assert_eq!(labels, vec![vec![0, 1], vec![2, 3, 4]]);
+    assert_eq!(shares[0].positions, vec![0, 2]);
+    assert_eq!(shares[1].positions, vec![0, 1, 2]);
+    assert_eq!((shares[0].files, shares[1].files), (3, 3));
 }
 
 #[test]
 fn shards_of_a_batch_are_the_shares_of_the_whole_batch() {
     let dir = tempfile::tempdir().expect("temp dir");
     synth(dir.path());
+    // Bad files too: a shard that decodes one is an image short, as its share is.
+    break_files(dir.path());
     let data = dataset(dir.path(), Split::Train);
     let config = LoaderConfig {
         batch_size: 7,
@@ -245,9 +263,19 @@ fn shards_of_a_batch_are_the_shares_of_the_whole_batch() {
             .iter()
             .map(|shard| shard.epoch(epoch, offset).collect())
             .collect();
+        // Skipped files are reported by whoever decoded them: compare the rest.
+        let shape = |b: &HostBatch| {
+            (
+                content(b).0,
+                content(b).1,
+                content(b).2,
+                b.files,
+                b.positions.clone(),
+            )
+        };
         for (position, batch) in batches.into_iter().enumerate() {
-            let expected: Vec<_> = batch.split(3).iter().map(content).collect();
-            let got: Vec<_> = sharded.iter_mut().map(|s| content(&s[position])).collect();
+            let expected: Vec<_> = batch.split(3).iter().map(shape).collect();
+            let got: Vec<_> = sharded.iter_mut().map(|s| shape(&s[position])).collect();
             assert_eq!(got, expected, "epoch {epoch}, batch {position}");
         }
         assert!(

@@ -21,7 +21,7 @@ const BROADCAST_CHUNK: usize = 1 << 28;
 
 /// This process among the processes MPI launched together.
 pub struct MpiWorld {
-    // Dropped last: finalises MPI.
+    // Finalises MPI when dropped.
     _universe: Universe,
     world: SimpleCommunicator,
     hosts: Vec<String>,
@@ -73,6 +73,16 @@ impl MpiWorld {
     /// This process's rank among the processes of its machine (to pick its GPU).
     pub fn local_rank(&self) -> usize {
         self.local_rank
+    }
+
+    /// Makes a panic on this process end the whole job (after the usual panic message),
+    /// rather than finalise MPI while the other ranks wait for this one.
+    pub fn abort_on_panic(&self) {
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            report(info);
+            SimpleCommunicator::world().abort(101);
+        }));
     }
 
     /// Ends the whole job now (`MPI_Abort`): every process of every machine stops, so no

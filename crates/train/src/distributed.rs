@@ -109,17 +109,6 @@ pub fn sum_f64(world: &dyn Collective, values: &[f64]) -> Result<Vec<f64>, Colle
     Ok(total)
 }
 
-/// Replaces `values` by their mean over ranks (summed in rank order).
-pub fn mean(world: &dyn Collective, values: &mut [f32]) -> Result<(), CollectiveError> {
-    if world.ranks() == 1 {
-        return Ok(());
-    }
-    world.sum(values)?;
-    let ranks = world.ranks() as f32;
-    values.iter_mut().for_each(|v| *v /= ranks);
-    Ok(())
-}
-
 /// What must be equal on every rank before training, as `(what, value)` pairs.
 pub type Fingerprint = Vec<(String, String)>;
 
@@ -339,7 +328,7 @@ mod tests {
     #[test]
     fn alone_every_operation_keeps_its_input() {
         let mut values = vec![1.0, 2.0];
-        mean(&Solo, &mut values).expect("mean");
+        Solo.sum(&mut values).expect("sum");
         assert_eq!(values, [1.0, 2.0]);
         assert_eq!(sum_f64(&Solo, &[3.0]).expect("sum"), [3.0]);
         let fingerprint = vec![("config hash".to_string(), "ab".to_string())];

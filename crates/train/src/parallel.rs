@@ -30,7 +30,7 @@ use xception_data::HostBatch;
 use xception_model::Xception;
 
 use crate::by_path;
-use crate::distributed::{self, Collective, CollectiveError};
+use crate::distributed::{Collective, CollectiveError};
 
 /// Burn's random generators are one per backend and process: dropout masks drawn on two
 /// devices of one backend at once would interleave. Seeding and the forward pass take
@@ -272,10 +272,13 @@ fn set_running_means(model: &Xception, outputs: &[ShareOutput]) {
 
 /// Replaces `model`'s BatchNorm running statistics by their mean over the processes of
 /// `world` (summed in rank order), after each loader batch: the statistics one process over
-/// all their devices would hold, each device's batch statistics weighing alike.
+/// all their devices would hold, each device's batch statistics weighing alike. A process
+/// whose share of the batch was empty (`trained` false: every file bad) is left out of the
+/// mean, as an empty device is.
 pub fn average_running_stats(
     model: &Xception,
     world: &dyn Collective,
+    trained: bool,
 ) -> Result<(), CollectiveError> {
     let stats: std::collections::BTreeMap<String, Tensor<1>> =
         running_stats(model).into_iter().collect();
@@ -286,11 +289,18 @@ pub fn average_running_stats(
         .iter()
         .map(|(p, t)| (p.clone(), t.dims()[0]))
         .collect();
+    let weight = f32::from(u8::from(trained));
     let mut values: Vec<f32> = Tensor::cat(stats.into_values().collect(), 0)
         .into_data()
         .iter::<f32>()
+        .map(|v| v * weight)
+        .chain([weight])
         .collect();
-    distributed::mean(world, &mut values)?;
+    world.sum(&mut values)?;
+    let Some(contributors) = values.pop().filter(|n| *n > 0.0) else {
+        return Ok(());
+    };
+    values.iter_mut().for_each(|v| *v /= contributors);
     let mut means = HashMap::new();
     let mut offset = 0;
     for (path, size) in sizes {

@@ -18,6 +18,8 @@ pub struct GradientSum {
     /// Parameter ids in the module's order, which is the same in every run.
     order: Vec<ParamId>,
     batches: u32,
+    /// The squared global norm, when [`Self::exchange`] computed it on the host.
+    squared_norm: Option<f64>,
 }
 
 /// A step's gradients, ready for [`super::Optimizer::step`].
@@ -57,14 +59,18 @@ impl GradientSum {
         self.batches
     }
 
-    /// Sums the step's gradients over the processes of `world`, weighted by images, so that
-    /// every rank holds the gradient of the mean loss over all the step's images (as one
-    /// process over all their devices would, up to rounding) and the same bits.
+    /// Sums the step's gradients over the processes of `world`, so that every rank holds the
+    /// gradient of the mean loss over all the step's images (as one process over all their
+    /// devices would, up to rounding) and the same bits. Each batch must have been added
+    /// with its shares weighted by their images ([`Self::add_shares`] with weights
+    /// `images_i`, not `images_i / images`): the sum over ranks, divided by all the step's
+    /// images, is then that mean, however the images fell over ranks and batches. The global
+    /// norm is then computed here, on the host, in a fixed order, so that every rank clips
+    /// alike whatever its device's reductions do.
     ///
-    /// `images` are this rank's images in the step, `batches` the loader batches of the step
-    /// (the same on every rank), `extra` values to sum alongside (the step's metrics, stop
-    /// requests). Returns the images of all ranks. A header of `[has gradient, per parameter |
-    /// extra | images]` is summed first, so that only parameters with a gradient on some rank
+    /// `images` are this rank's images in the step, `extra` values to sum alongside (the
+    /// step's metrics, stop requests). Returns the images of all ranks. A header of `[has
+    /// gradient, per parameter | extra | images]` is summed first, so that only parameters with a gradient on some rank
     /// travel (all of them, unless layers are frozen), then the gradients in buckets of at
     /// most `bucket` values (whole parameters, in the module's order; a larger parameter
     /// alone), each read back from the device in one transfer.
@@ -92,6 +98,7 @@ impl GradientSum {
             .map(|(param, _)| *param)
             .collect();
         let scale = 1.0 / total_images.max(1) as f32;
+        let mut squared_norm = 0.0f64;
         let mut sums = std::mem::take(&mut self.sums);
         let mut start = 0;
         while start < present.len() {
@@ -105,13 +112,14 @@ impl GradientSum {
             let parts: Vec<Tensor<1>> = bucket
                 .iter()
                 .map(|(id, size)| match sums.remove(id) {
-                    Some(sum) => sum.mul_scalar(exchange.images as f64),
+                    Some(sum) => sum,
                     None => Tensor::zeros([*size], exchange.device),
                 })
                 .collect();
             let mut values: Vec<f32> = Tensor::cat(parts, 0).into_data().iter::<f32>().collect();
             world.sum(&mut values)?;
             values.iter_mut().for_each(|v| *v *= scale);
+            squared_norm += host::sum_of_squares(&values);
             let summed = Tensor::<1>::from_data(TensorData::new(values, [len]), exchange.device);
             let mut offset = 0;
             for (id, size) in bucket {
@@ -122,7 +130,9 @@ impl GradientSum {
             start = end;
         }
         self.order = present.into_iter().map(|(id, _)| id).collect();
-        self.batches = exchange.batches;
+        // Already the mean over all the step's images.
+        self.batches = 1;
+        self.squared_norm = Some(squared_norm);
         Ok(total_images)
     }
 
@@ -148,7 +158,11 @@ impl GradientSum {
             .collect();
         // Summed in the module's order, so that the norm, and the clipping it decides, are
         // the same from run to run (and after a resume).
-        let norm = squared_norm(&self.order, &mut grads, device).sqrt();
+        let norm = match self.squared_norm {
+            Some(sum) => Tensor::<1>::from_floats([sum as f32], device),
+            None => squared_norm(&self.order, &mut grads, device),
+        }
+        .sqrt();
         if let Some(max) = clip_norm {
             let factor = norm.clone().recip().mul_scalar(max).clamp_max(1.0);
             for grad in grads.values_mut() {
@@ -199,8 +213,6 @@ fn squared_norm(
 pub struct Exchange<'a> {
     /// This rank's images in the step.
     pub images: u64,
-    /// Loader batches in the step (the same on every rank).
-    pub batches: u32,
     /// Values summed alongside, replaced by their sums.
     pub extra: &'a mut [f32],
     /// Where the summed gradients go.
@@ -299,13 +311,15 @@ mod tests {
             sum.order.push(ids[0]);
             sum.batches = 1;
             let mut extra = [7.0f32];
+            // Added as [`GradientSum::exchange`] expects: weighted by this rank's 3 images.
+            let weighted = sum.sums[&ids[0]].clone().mul_scalar(3.0);
+            sum.sums.insert(ids[0], weighted);
             let images = sum
                 .exchange(
                     &model,
                     &OtherHoldsOnes,
                     Exchange {
                         images: 3,
-                        batches: 1,
                         extra: &mut extra,
                         device: &device,
                         bucket,

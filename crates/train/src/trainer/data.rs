@@ -161,13 +161,30 @@ pub(super) fn open_data(
     let (train_images, val_images) = (train_set.len(), val_set.len());
     let classes_json = serde_json::to_string_pretty(&train_set.classes).unwrap_or_default();
     if world.ranks() > 1 {
-        // Fields that may differ between machines (paths, workers, logging) are left out.
+        // Fields that may differ between machines (paths, workers, which GPU) are left out;
+        // the steps at which the loop reads its metrics and checkpoints are not: a
+        // non-finite step is found there, and every rank must stop at the same one.
         let mut fingerprint: Vec<(String, String)> = config
             .flatten()
             .into_iter()
-            .filter(|(key, _)| !super::start::result_neutral(key))
+            .filter(|(key, _)| {
+                !super::start::result_neutral(key)
+                    || key == "logging.every_steps"
+                    || key == "checkpoints.every_steps"
+            })
+            .collect();
+        // The backend, not the GPU's index: different kernels round differently.
+        let names = config.device_names();
+        let backends: Vec<&str> = names
+            .iter()
+            .map(|name| name.split(':').next().unwrap_or(name))
+            .map(|backend| match backend {
+                "flex" | "ndarray" => backend,
+                _ => "wgpu",
+            })
             .collect();
         fingerprint.extend([
+            ("backends".to_string(), backends.join(",")),
             ("devices per process".to_string(), devices.to_string()),
             ("training images".to_string(), train_images.to_string()),
             ("validation images".to_string(), val_images.to_string()),

@@ -183,6 +183,9 @@ pub enum TrainError {
     /// The processes of a distributed run do not agree (config, data, start state).
     #[error("{0}")]
     RanksDiffer(String),
+    /// The start state rank 0 sent cannot be read on this rank.
+    #[error("{0}")]
+    StartState(String),
     /// Rank 0 could not start the run; every rank stops with its message.
     #[error("{0}")]
     Refused(String),

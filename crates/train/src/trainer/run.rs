@@ -227,12 +227,13 @@ impl<'a> Run<'a> {
             for bad in &batch.skipped {
                 reporter.note(&format!("skipped {}: {}", bad.path.display(), bad.reason));
             }
-            if !batch.is_empty() {
+            let trained = !batch.is_empty();
+            if trained {
                 self.forward_backward(batch, &mut step)?;
             }
             step.loader_batches += 1;
             if self.world.ranks() > 1 && !self.frozen() {
-                parallel::average_running_stats(self.model()?, self.world)?;
+                parallel::average_running_stats(self.model()?, self.world, trained)?;
             }
             let epoch_done = batch_in_epoch == self.plan.batches_per_epoch;
             if u64::from(step.loader_batches) < self.plan.accumulation && !epoch_done {
@@ -272,12 +273,13 @@ impl<'a> Run<'a> {
         batch: HostBatch,
         step: &mut StepInProgress,
     ) -> Result<(), TrainError> {
-        step.images += batch.len() as u64;
+        let images = batch.len();
+        step.images += images as u64;
         // Dropout's masks come from (seed, step, batch, device), so a resumed run draws the
-        // same masks as an uninterrupted one.
-        // Devices are numbered across processes, each process holding `parallel.len()`.
+        // same masks as an uninterrupted one. Devices are numbered across processes, each
+        // process holding `parallel.len()`; batches count from the step's first, empty or not.
         let seed = self.config.training.seed;
-        let (step_index, batch_index) = (self.state.step, u64::from(step.sum.batches()));
+        let (step_index, batch_index) = (self.state.step, u64::from(step.loader_batches));
         let first_device = self.world.rank() * self.parallel.len();
         let seed_of = |device: usize| match first_device + device {
             0 => derive(&[seed, step_index, batch_index, 0xd20b]),
@@ -296,7 +298,18 @@ impl<'a> Run<'a> {
             Some(sum) => sum + tally,
             None => tally,
         });
-        step.sum.add_shares(self.model()?, batch.grads);
+        let grads = if self.world.ranks() > 1 {
+            // Weighted by images rather than by fraction of the batch, as
+            // `GradientSum::exchange` needs.
+            batch
+                .grads
+                .into_iter()
+                .map(|(grads, fraction)| (grads, fraction * images as f64))
+                .collect()
+        } else {
+            batch.grads
+        };
+        step.sum.add_shares(self.model()?, grads);
         Ok(())
     }
 
@@ -374,7 +387,6 @@ impl<'a> Run<'a> {
             self.world,
             Exchange {
                 images: step.images,
-                batches,
                 extra: &mut extra,
                 device: &self.device,
                 bucket: BUCKET,
@@ -500,15 +512,38 @@ impl<'a> Run<'a> {
         self.state.reason = reason.to_string();
         self.state.ema_updates = self.ema.as_ref().map_or(0, Ema::updates);
         let name = checkpoint::checkpoint_name(self.state.step);
-        if !self.leads() {
-            let path = self.checkpoints.join(name);
-            self.last_checkpoint = Some(path.clone());
-            return Ok(path);
+        let path = if self.leads() {
+            self.write_checkpoint(&name, reason, reporter)?
+        } else {
+            self.checkpoints.join(name)
+        };
+        self.last_checkpoint = Some(path.clone());
+        if self.world.ranks() > 1 {
+            // Every rank must still hold what rank 0 just saved; a device whose kernels
+            // round differently from run to run would make them drift apart.
+            let packet = start::state_packet(
+                self.model()?,
+                self.ema.as_ref(),
+                &self.optimizer,
+                &self.state,
+            );
+            let when = format!("at checkpoint {}", path.display());
+            start::check_same_state(self.world, &packet, &when)?;
         }
+        Ok(path)
+    }
+
+    /// Writes the checkpoint `name` and prunes older ones (rank 0).
+    fn write_checkpoint(
+        &mut self,
+        name: &str,
+        reason: &str,
+        reporter: &mut dyn Reporter,
+    ) -> Result<PathBuf, TrainError> {
         let valid = self.model()?.valid();
         let path = checkpoint::write(
             &self.checkpoints,
-            &name,
+            name,
             CheckpointContents {
                 model: &valid,
                 ema: self.ema.as_ref().map(Ema::model),
@@ -526,7 +561,6 @@ impl<'a> Run<'a> {
             .map(|b| b.checkpoint.as_str());
         checkpoint::prune(&self.checkpoints, self.config.checkpoints.keep_last, best)?;
         reporter.note(&format!("checkpoint {} ({reason})", path.display()));
-        self.last_checkpoint = Some(path.clone());
         Ok(path)
     }
 

@@ -297,15 +297,31 @@ pub(super) fn blank(config: &TrainConfig, train_device: &Device) -> Result<Resto
 
 /// What a rank holds at the start, as a packet: position, weights, EMA, optimizer state.
 fn start_packet(restored: &Restored) -> Packet {
+    state_packet(
+        &restored.model,
+        restored.ema.as_ref(),
+        &restored.optimizer,
+        &restored.state,
+    )
+}
+
+/// A run's whole state as a packet: position, weights and BatchNorm statistics, EMA,
+/// optimizer state.
+pub(super) fn state_packet(
+    model: &Xception,
+    ema: Option<&Ema<Xception>>,
+    optimizer: &Optimizer,
+    state: &TrainState,
+) -> Packet {
     let mut packet = Packet {
-        document: serde_json::to_value(&restored.state).unwrap_or_default(),
+        document: serde_json::to_value(state).unwrap_or_default(),
         ..Default::default()
     };
-    packet.add("model", by_path::floats(&restored.model));
-    if let Some(ema) = &restored.ema {
+    packet.add("model", by_path::floats(model));
+    if let Some(ema) = ema {
         packet.add("ema", by_path::floats(ema.model()));
     }
-    packet.add("optimizer", restored.optimizer.state_tensors());
+    packet.add("optimizer", optimizer.state_tensors());
     packet
 }
 
@@ -342,7 +358,7 @@ pub(super) fn receive_start(
     let mut bytes = Vec::new();
     world.broadcast(&mut bytes)?;
     let corrupt = |reason: String| {
-        TrainError::RanksDiffer(format!(
+        TrainError::StartState(format!(
             "the start state from {}: {reason}",
             world.describe(0)
         ))
@@ -395,15 +411,28 @@ fn replace_from<'p>(
 
 /// Every rank compares a checksum of what it holds with rank 0's.
 pub(super) fn check_start(world: &dyn Collective, restored: &Restored) -> Result<(), TrainError> {
+    check_same_state(
+        world,
+        &start_packet(restored),
+        "after the start state's broadcast",
+    )
+}
+
+/// Every rank compares the checksum of `packet` (its whole state) with rank 0's; `when` says
+/// where the run stands, for the message.
+pub(super) fn check_same_state(
+    world: &dyn Collective,
+    packet: &Packet,
+    when: &str,
+) -> Result<(), TrainError> {
     if world.ranks() == 1 {
         return Ok(());
     }
-    let checksum = start_packet(restored).checksum();
-    let all = world.gather(&checksum.to_le_bytes())?;
+    let all = world.gather(&packet.checksum().to_le_bytes())?;
     for (rank, theirs) in all.iter().enumerate() {
         if theirs.as_slice() != all[0].as_slice() {
             return Err(TrainError::RanksDiffer(format!(
-                "after the start state's broadcast, {} holds state with checksum {:02x?}, {} holds {:02x?}",
+                "{when}, {} holds a state (weights, EMA, optimizer, position) with checksum {:02x?} and {} one with {:02x?}: the processes diverged",
                 world.describe(rank),
                 theirs,
                 world.describe(0),
@@ -463,6 +492,47 @@ fn initialise_from(
 mod tests {
     use super::*;
     use crate::Silent;
+    use crate::distributed::CollectiveError;
+
+    /// Two ranks, the other of which holds `theirs` as its checksum.
+    struct OtherHolds(u64);
+
+    impl Collective for OtherHolds {
+        fn rank(&self) -> usize {
+            0
+        }
+        fn ranks(&self) -> usize {
+            2
+        }
+        fn describe(&self, rank: usize) -> String {
+            format!("rank {rank} on here")
+        }
+        fn sum(&self, _values: &mut [f32]) -> Result<(), CollectiveError> {
+            Ok(())
+        }
+        fn broadcast(&self, _bytes: &mut Vec<u8>) -> Result<(), CollectiveError> {
+            Ok(())
+        }
+        fn gather(&self, bytes: &[u8]) -> Result<Vec<Vec<u8>>, CollectiveError> {
+            Ok(vec![bytes.to_vec(), self.0.to_le_bytes().to_vec()])
+        }
+    }
+
+    #[test]
+    fn a_rank_holding_another_state_is_named() {
+        let packet = Packet {
+            document: serde_json::json!({"step": 3}),
+            ..Default::default()
+        };
+        check_same_state(&OtherHolds(packet.checksum()), &packet, "at step 3").expect("same");
+        let error = check_same_state(&OtherHolds(7), &packet, "at step 3")
+            .expect_err("diverged")
+            .to_string();
+        assert!(
+            error.starts_with("at step 3, rank 1 on here holds") && error.contains("diverged"),
+            "{error}"
+        );
+    }
 
     #[test]
     fn another_batch_size_continues_from_the_same_place_in_the_epoch() {

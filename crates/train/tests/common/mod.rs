@@ -50,6 +50,8 @@ pub fn batch(images: Vec<f32>, labels: Vec<i64>) -> HostBatch {
     HostBatch {
         index: 0,
         samples: (0..labels.len()).collect(),
+        files: labels.len(),
+        positions: (0..labels.len()).collect(),
         images,
         labels,
         skipped: Vec::new(),
