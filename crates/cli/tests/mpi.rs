@@ -417,6 +417,28 @@ fn read_until(lines: &Receiver<String>, marker: &str) -> String {
     panic!("the job ended before {marker:?}: {seen}");
 }
 
+/// Starts `mpirun -np 2 [options] xception train ARGS` (a long run), with its stderr
+/// followed, and waits until it prints `marker`.
+fn start_job(mpirun_options: &[&str], args: &[&str], marker: &str) -> (Child, Receiver<String>) {
+    let mut job = mpirun_command(2, mpirun_options, args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mpirun");
+    let lines = follow_stderr(&mut job);
+    read_until(&lines, marker);
+    (job, lines)
+}
+
+/// Sends `signal` to `pid`.
+fn signal(signal: &str, pid: u32) {
+    let sent = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+}
+
 /// Waits for `child` at most `limit`.
 fn wait_at_most(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     let started = Instant::now();
@@ -438,19 +460,11 @@ fn kill_9_of_one_rank_ends_the_job_and_the_resume_completes() {
     let config = tiny_config(dir.path(), "tiny", 3, 1000, "");
     let run_dir = dir.path().join("run").display().to_string();
     let args = ["train", &config, "--device", "flex", "--run-dir", &run_dir];
-    let mut job = mpirun_command(2, &[], &args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("mpirun");
-    let lines = follow_stderr(&mut job);
-    read_until(&lines, "(run step 5)");
-    let victim = rank_processes(&job).into_iter().max().expect("a rank");
-    let killed = Command::new("kill")
-        .args(["-9", &victim.to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
+    let (mut job, _lines) = start_job(&[], &args, "(run step 5)");
+    signal(
+        "-9",
+        rank_processes(&job).into_iter().max().expect("a rank"),
+    );
     let status = wait_at_most(&mut job, Duration::from_secs(60));
     assert!(!status.success());
 
@@ -479,32 +493,13 @@ fn a_hung_rank_ends_the_job_after_the_collective_timeout() {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = tiny_config(dir.path(), "tiny", 3, 1000, "");
     let run_dir = dir.path().join("run").display().to_string();
-    let mut job = mpirun_command(
-        2,
-        &[],
-        &[
-            "train",
-            &config,
-            "--device",
-            "flex",
-            "--run-dir",
-            &run_dir,
-            "--collective-timeout",
-            "3",
-        ],
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("mpirun");
-    let received = follow_stderr(&mut job);
-    read_until(&received, "(run step 3)");
-    let hung = rank_processes(&job).into_iter().max().expect("a rank");
-    let stopped = Command::new("kill")
-        .args(["-STOP", &hung.to_string()])
-        .status()
-        .expect("kill");
-    assert!(stopped.success());
+    let args = ["train", &config, "--device", "flex", "--run-dir", &run_dir];
+    let args = [&args[..], &["--collective-timeout", "3"]].concat();
+    let (mut job, received) = start_job(&[], &args, "(run step 3)");
+    signal(
+        "-STOP",
+        rank_processes(&job).into_iter().max().expect("a rank"),
+    );
     let status = wait_at_most(&mut job, Duration::from_secs(60));
     assert!(!status.success());
     let rest: Vec<String> = received.iter().collect();
@@ -520,30 +515,14 @@ fn ctrl_c_on_mpirun_writes_an_interrupt_checkpoint() {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = tiny_config(dir.path(), "tiny", 3, 1000, "");
     let run_dir = dir.path().join("run");
-    let mut job = mpirun_command(
-        2,
+    let run = run_dir.display().to_string();
+    let (mut job, _lines) = start_job(
         // mpirun sends SIGTERM this many seconds after Ctrl-C, and SIGKILL as many later.
         &["--mca", "odls_base_sigkill_timeout", "3"],
-        &[
-            "train",
-            &config,
-            "--device",
-            "flex",
-            "--run-dir",
-            &run_dir.display().to_string(),
-        ],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("mpirun");
-    let lines = follow_stderr(&mut job);
-    read_until(&lines, "(run step 3)");
-    let interrupted = Command::new("kill")
-        .args(["-INT", &job.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(interrupted.success());
+        &["train", &config, "--device", "flex", "--run-dir", &run],
+        "(run step 3)",
+    );
+    signal("-INT", job.id());
     let status = wait_at_most(&mut job, Duration::from_secs(60));
     let mut out = String::new();
     std::io::Read::read_to_string(&mut job.stdout.take().expect("stdout"), &mut out)
