@@ -88,47 +88,23 @@ pub(crate) unsafe fn gemm_f32(
 }
 
 /// `lhs * rhs` as a new row-major `m x n` vector, for f32 matrices given as in [gemm_f32].
-/// The vector is not zeroed first (on a memory-bound CPU that is a whole pass over the
-/// output): told not to read its destination, gemm writes every element without reading it
-/// on all its paths (its micro-kernels, gemv, and `k == 0`, where it writes zeros).
+/// The vector is zeroed before gemm writes it: gemm 0.19 documents `dst := alpha x dst +
+/// beta x lhs x rhs` and does not promise that `read_dst = false` leaves an uninitialised
+/// destination unread, so handing it one would rely on undocumented behaviour
+/// (PATCHES.md measures what the zeroing costs).
 ///
 /// # Safety
 /// Every element the strides reach must lie inside the slices.
 pub(crate) unsafe fn gemm_new_f32(
     [m, n, k]: [usize; 3],
-    (lhs, lhs_row_stride, lhs_col_stride): (&[f32], usize, usize),
-    (rhs, rhs_row_stride, rhs_col_stride): (&[f32], usize, usize),
+    lhs: (&[f32], usize, usize),
+    rhs: (&[f32], usize, usize),
     parallel: bool,
 ) -> Vec<f32> {
-    let len = m * n;
-    let mut out = Vec::<f32>::with_capacity(len);
-    let parallelism = parallelism(parallel);
-    // SAFETY: `out` has room for `m x n` values, which gemm writes (without reading them)
-    // before the length is set; the caller guarantees the operands' strides.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            lhs.as_ptr(),
-            lhs_col_stride as isize,
-            lhs_row_stride as isize,
-            rhs.as_ptr(),
-            rhs_col_stride as isize,
-            rhs_row_stride as isize,
-            1.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-        out.set_len(len);
-    }
+    let mut out = vec![0.0f32; m * n];
+    // SAFETY: `out` is an initialised row-major `m x n` matrix (row stride `n`); the caller
+    // guarantees the operands' strides.
+    unsafe { gemm_f32([m, n, k], &mut out, n, false, lhs, rhs, parallel) };
     out
 }
 
