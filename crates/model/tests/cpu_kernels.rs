@@ -11,7 +11,8 @@ use burn::nn::PaddingConfig2d;
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::tensor::module::{batch_norm, batch_norm_train, conv2d};
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
+use burn_flex::ops::simd_variant;
 
 /// Forward output (with a bias) and the gradients of a weighted sum of it, as host data.
 fn run(
@@ -35,12 +36,21 @@ fn run(
     ]
 }
 
-/// Random data. Tests run in parallel over one generator, so the values are not the same
-/// from run to run; each test makes its data once and gives both backends the same.
+/// Uniform values in [-1, 1) from `seed` alone (SplitMix64), so that a failure reproduces:
+/// Burn's generator is one per backend and process, shared by the tests running in parallel.
 fn random<const D: usize>(shape: [usize; D], seed: u64) -> TensorData {
-    let device = Device::flex();
-    device.seed(seed);
-    Tensor::<D>::random(shape, Distribution::Uniform(-1.0, 1.0), &device).into_data()
+    let mut state = seed ^ 0x5eed_5eed_5eed_5eed;
+    let values: Vec<f32> = (0..shape.iter().product::<usize>())
+        .map(|_| {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            (z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        })
+        .collect();
+    TensorData::new(values, shape)
 }
 
 /// Largest difference between `ours` and `theirs`, and the largest magnitude in `theirs`
@@ -449,4 +459,36 @@ fn channels_last_activations_match_the_reference() {
             &format!("chain of [{batch}, {c_in}, {h}, {w}] -> {channels} channels"),
         );
     }
+}
+
+/// The kernels' AVX2 and baseline variants, which the CPU's best variant hides on an
+/// AVX-512 machine (CI's), against the reference too. Other tests running meanwhile may then
+/// run a narrower variant: every variant must pass them.
+#[test]
+fn the_avx2_and_baseline_variants_match_the_reference() {
+    for widest in [simd_variant::AVX2, simd_variant::BASELINE] {
+        simd_variant::allow_up_to(widest);
+        let before = simd_variant::calls(widest);
+        depthwise_gradients_match_the_reference();
+        depthwise_kernels_and_paddings_beyond_xceptions_match_the_reference();
+        pointwise_gradients_match_the_reference();
+        strided_pointwise_convolutions_match_the_reference();
+        batch_norm_matches_the_reference();
+        max_pool_matches_the_reference();
+        channels_last_activations_match_the_reference();
+        if widest == simd_variant::BASELINE || has_avx2() {
+            assert!(
+                simd_variant::calls(widest) > before,
+                "the kernels ran variant {widest}"
+            );
+        }
+    }
+    simd_variant::allow_up_to(simd_variant::AVX512);
+}
+
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }

@@ -88,10 +88,48 @@ pub(crate) fn float_storage_as_f32(tensor: &FlexTensor) -> Cow<'_, [f32]> {
     }
 }
 
+/// The widest variant the [`multiversion!`] kernels may pick (xception-burn's patch): the
+/// CPU's best unless a test lowers it, so that the AVX2 and baseline variants also run on
+/// an AVX-512 machine.
+#[doc(hidden)]
+pub mod simd_variant {
+    use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+
+    /// The baseline x86-64 build (SSE2).
+    pub const BASELINE: u8 = 0;
+    /// AVX2 with FMA.
+    pub const AVX2: u8 = 1;
+    /// AVX-512F (the default: whatever the CPU has).
+    pub const AVX512: u8 = 2;
+
+    static WIDEST: AtomicU8 = AtomicU8::new(AVX512);
+    static USED: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+
+    /// Lets the kernels use variants up to `widest` (one of the constants above).
+    pub fn allow_up_to(widest: u8) {
+        WIDEST.store(widest, Ordering::Relaxed);
+    }
+
+    /// Whether variant `level` may be used.
+    pub fn allowed(level: u8) -> bool {
+        WIDEST.load(Ordering::Relaxed) >= level
+    }
+
+    /// Counts a call of variant `level`.
+    pub fn record(level: u8) {
+        USED[usize::from(level.min(AVX512))].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Calls of variant `level` so far, so that tests can see which ones ran.
+    pub fn calls(level: u8) -> u64 {
+        USED[usize::from(level.min(AVX512))].load(Ordering::Relaxed)
+    }
+}
+
 /// Defines a function whose body is compiled three times, for AVX-512, for AVX2 with FMA
-/// and for the baseline, and picks one by what the CPU reports at run time
-/// (xception-burn's patch: flex builds for baseline x86-64, where loops vectorise to SSE2
-/// only). Arguments must be plain identifiers; no generics.
+/// and for the baseline, and picks one by what the CPU reports at run time, within what
+/// [`simd_variant`] allows (xception-burn's patch: flex builds for baseline x86-64, where
+/// loops vectorise to SSE2 only). Arguments must be plain identifiers; no generics.
 macro_rules! multiversion {
     ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$meta])*
@@ -112,15 +150,25 @@ macro_rules! multiversion {
                 unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
                     body($($arg),*)
                 }
-                if std::is_x86_feature_detected!("avx512f") {
+                use $crate::ops::simd_variant;
+                if simd_variant::allowed(simd_variant::AVX512)
+                    && std::is_x86_feature_detected!("avx512f")
+                {
+                    simd_variant::record(simd_variant::AVX512);
                     // SAFETY: the CPU supports AVX-512F.
                     return unsafe { avx512($($arg),*) };
                 }
-                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                if simd_variant::allowed(simd_variant::AVX2)
+                    && std::is_x86_feature_detected!("avx2")
+                    && std::is_x86_feature_detected!("fma")
+                {
+                    simd_variant::record(simd_variant::AVX2);
                     // SAFETY: the CPU supports AVX2 and FMA.
                     return unsafe { avx2($($arg),*) };
                 }
             }
+            #[cfg(feature = "std")]
+            $crate::ops::simd_variant::record($crate::ops::simd_variant::BASELINE);
             body($($arg),*)
         }
     };
