@@ -1,7 +1,7 @@
 //! A run in progress: everything carried from step to step, how it opens, one epoch of
 //! optimizer steps, and checkpoints.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::Module;
@@ -115,37 +115,16 @@ impl<'a> Run<'a> {
         let first_lr = config
             .schedule
             .lr(0, plan.samples_per_epoch, plan.total_samples);
-        let leads = world.rank() == 0;
-        let mut begin = || -> Result<_, TrainError> {
-            std::fs::create_dir_all(&run_dir).map_err(io_error(&run_dir))?;
-            start::recover_checkpoints(&checkpoints, reporter)?;
-            let resume =
-                start::resume_point(config, options, world.ranks(), &checkpoints, reporter)?;
-            let restored = match &resume {
-                Some(resume) => start::restore(config, resume, &train_device, &device, reporter)?,
-                None => start::fresh(config, &train_device, &device, first_lr, reporter)?,
-            };
-            if let Some(resume) = &resume {
-                start::set_aside_newer(&checkpoints, resume, reporter)?;
-            }
-            Ok((resume, restored))
+        let on = start::StartOn {
+            config,
+            options,
+            world,
+            checkpoints: &checkpoints,
+            train_device: &train_device,
+            device: &device,
+            first_lr,
         };
-        let (resume, restored) = if leads {
-            let begun = begin();
-            if world.ranks() > 1 {
-                let restored = begun.as_ref().map(|(_, restored)| restored);
-                start::send_start(world, restored)?;
-                // The other ranks stop with this message too: one report is enough.
-                begun.map_err(|error| TrainError::Refused(error.to_string()))?
-            } else {
-                begun?
-            }
-        } else {
-            let mut restored = start::blank(config, &train_device)?;
-            start::receive_start(world, config, &mut restored, &device)?;
-            (None, restored)
-        };
-        start::check_start(world, &restored)?;
+        let (resume, restored) = start::start(&on, reporter)?;
         let Restored {
             model,
             ema,
@@ -155,12 +134,9 @@ impl<'a> Run<'a> {
         state.ranks = world.ranks() as u64;
         start::keep_position(&mut state, plan.batch_size, reporter);
         let config_toml = config.to_toml();
-        let (log, kept_rows) = if leads {
-            let config_path = run_dir.join("config.toml");
-            std::fs::write(&config_path, &config_toml).map_err(io_error(&config_path))?;
+        let (log, kept_rows) = if world.rank() == 0 {
             let resumed_step = resume.as_ref().map(|r| r.state.step);
-            let (log, kept_rows) = MetricsLog::open(&run_dir, resumed_step)
-                .map_err(io_error(&run_dir.join("metrics.jsonl")))?;
+            let (log, kept_rows) = open_files(&run_dir, &config_toml, resumed_step)?;
             (Some(log), kept_rows)
         } else {
             (None, Vec::new())
@@ -587,6 +563,18 @@ struct SharedStep {
     batches: u64,
     /// Whether some process asked to stop.
     stop: bool,
+}
+
+/// Rank 0's files of the run directory: the resolved config, and the metrics log (rows after
+/// `resumed_step` dropped) with the rows it keeps.
+fn open_files(
+    run_dir: &Path,
+    config_toml: &str,
+    resumed_step: Option<u64>,
+) -> Result<(MetricsLog, Vec<MetricsRow>), TrainError> {
+    let config_path = run_dir.join("config.toml");
+    std::fs::write(&config_path, config_toml).map_err(io_error(&config_path))?;
+    MetricsLog::open(run_dir, resumed_step).map_err(io_error(&run_dir.join("metrics.jsonl")))
 }
 
 impl Plan {

@@ -52,12 +52,77 @@ fn recipe_changes(old: &TrainConfig, new: &TrainConfig) -> Vec<String> {
     changes
 }
 
+/// Where and on what a run starts.
+pub(super) struct StartOn<'a> {
+    pub config: &'a TrainConfig,
+    pub options: &'a RunOptions,
+    pub world: &'a dyn Collective,
+    pub checkpoints: &'a Path,
+    /// The main training device (with autodiff), for the model.
+    pub train_device: &'a Device,
+    /// The same device without autodiff, for the EMA and the optimizer state.
+    pub device: &'a Device,
+    /// The learning rate of a fresh run's first step.
+    pub first_lr: f64,
+}
+
+/// Where the run starts, on every rank, with the checkpoint it resumes from (on rank 0).
+/// Rank 0 restores it or starts fresh ([`begin`]) and sends the result, or its refusal, to
+/// the others, which start from a [`blank`] of the config's shape; then every rank compares
+/// a checksum of what it holds with rank 0's.
+pub(super) fn start(
+    on: &StartOn<'_>,
+    reporter: &mut dyn Reporter,
+) -> Result<(Option<Checkpoint>, Restored), TrainError> {
+    let world = on.world;
+    if world.ranks() == 1 {
+        return begin(on, reporter);
+    }
+    let when = "after the start state's broadcast";
+    if world.rank() == 0 {
+        let begun = begin(on, reporter);
+        match &begun {
+            Ok((_, restored)) => {
+                let packet = start_packet(restored);
+                send_start(world, Ok(&packet))?;
+                check_same_state(world, &packet, when)?;
+            }
+            Err(error) => send_start(world, Err(error))?,
+        }
+        // The other ranks stop with this message too: one report is enough.
+        return begun.map_err(|error| TrainError::Refused(error.to_string()));
+    }
+    let mut restored = blank(on.config, on.train_device)?;
+    receive_start(world, on.config, &mut restored, on.device)?;
+    check_same_state(world, &start_packet(&restored), when)?;
+    Ok((None, restored))
+}
+
+/// Rank 0's start: the run directory, recovery after an interrupted checkpoint write, the
+/// checkpoint to resume from (checked against the config), and the model, EMA and optimizer
+/// restored from it or made fresh.
+fn begin(
+    on: &StartOn<'_>,
+    reporter: &mut dyn Reporter,
+) -> Result<(Option<Checkpoint>, Restored), TrainError> {
+    let (config, run_dir) = (on.config, &on.options.run_dir);
+    std::fs::create_dir_all(run_dir).map_err(io_error(run_dir))?;
+    recover_checkpoints(on.checkpoints, reporter)?;
+    let ranks = on.world.ranks();
+    let resume = resume_point(config, on.options, ranks, on.checkpoints, reporter)?;
+    let restored = match &resume {
+        Some(resume) => restore(config, resume, on.train_device, on.device, reporter)?,
+        None => fresh(config, on.train_device, on.device, on.first_lr, reporter)?,
+    };
+    if let Some(resume) = &resume {
+        set_aside_newer(on.checkpoints, resume, reporter)?;
+    }
+    Ok((resume, restored))
+}
+
 /// Cleans up after a checkpoint write that a crash interrupted ([`checkpoint::recover`]),
 /// saying what it did.
-pub(super) fn recover_checkpoints(
-    checkpoints: &Path,
-    reporter: &mut dyn Reporter,
-) -> Result<(), TrainError> {
+fn recover_checkpoints(checkpoints: &Path, reporter: &mut dyn Reporter) -> Result<(), TrainError> {
     for recovered in checkpoint::recover(checkpoints)? {
         reporter.note(&match recovered {
             Recovered::Removed(path) => format!(
@@ -75,7 +140,7 @@ pub(super) fn recover_checkpoints(
 
 /// The checkpoint `options` asks to continue from, if any, after checking that `config`
 /// computes what the checkpoint's run computed (unless `--force`).
-pub(super) fn resume_point(
+fn resume_point(
     config: &TrainConfig,
     options: &RunOptions,
     ranks: usize,
@@ -130,7 +195,7 @@ pub(super) fn resume_point(
 
 /// Moves the checkpoints written after `resume` (an abandoned continuation) aside, never
 /// deleting them, so that `--resume auto` cannot pick them up later.
-pub(super) fn set_aside_newer(
+fn set_aside_newer(
     checkpoints: &Path,
     resume: &Checkpoint,
     reporter: &mut dyn Reporter,
@@ -167,7 +232,7 @@ pub(super) struct Restored {
 
 /// The model on `train_device` (with autodiff), EMA and optimizer state of `resume`; the
 /// EMA and optimizer state live on `device`.
-pub(super) fn restore(
+fn restore(
     config: &TrainConfig,
     resume: &Checkpoint,
     train_device: &Device,
@@ -214,7 +279,7 @@ pub(super) fn restore(
 
 /// A fresh model on `train_device` from the seed (or `training.init_from`), its EMA, an
 /// empty optimizer, and the state before the first step (`first_lr` its learning rate).
-pub(super) fn fresh(
+fn fresh(
     config: &TrainConfig,
     train_device: &Device,
     device: &Device,
@@ -225,16 +290,21 @@ pub(super) fn fresh(
     if let Some(init) = &config.training.init_from {
         model = initialise_from(model, config, init, device, reporter)?;
     }
+    Ok(starting(config, model, first_lr))
+}
+
+/// `model` before the first step: its EMA, an empty optimizer, the first position.
+fn starting(config: &TrainConfig, model: Xception, first_lr: f64) -> Restored {
     let ema = config
         .training
         .ema_decay
         .map(|decay| Ema::new(&model, decay, config.training.ema_warmup));
-    Ok(Restored {
+    Restored {
         model,
         ema,
         optimizer: Optimizer::new(config.optimizer.clone()),
         state: first_state(config, first_lr),
-    })
+    }
 }
 
 /// The state before the first step.
@@ -281,18 +351,9 @@ pub(super) fn keep_position(
 
 /// A model, EMA and optimizer of the config's shape, before rank 0's values arrive
 /// ([`receive_start`]): no file is read.
-pub(super) fn blank(config: &TrainConfig, train_device: &Device) -> Result<Restored, TrainError> {
+fn blank(config: &TrainConfig, train_device: &Device) -> Result<Restored, TrainError> {
     let model = Xception::new(&config.model, train_device)?;
-    let ema = config
-        .training
-        .ema_decay
-        .map(|decay| Ema::new(&model, decay, config.training.ema_warmup));
-    Ok(Restored {
-        model,
-        ema,
-        optimizer: Optimizer::new(config.optimizer.clone()),
-        state: first_state(config, 0.0),
-    })
+    Ok(starting(config, model, 0.0))
 }
 
 /// What a rank holds at the start, as a packet: position, weights, EMA, optimizer state.
@@ -327,14 +388,14 @@ pub(super) fn state_packet(
 
 /// Rank 0 sends where the run starts (restored, fresh or `init_from`), or why it cannot
 /// start, to every other rank, so that no other rank needs the run directory's files.
-pub(super) fn send_start(
+fn send_start(
     world: &dyn Collective,
-    begun: Result<&Restored, &TrainError>,
+    begun: Result<&Packet, &TrainError>,
 ) -> Result<(), TrainError> {
     let mut bytes = match begun {
-        Ok(restored) => {
+        Ok(packet) => {
             let mut bytes = vec![1];
-            bytes.extend(start_packet(restored).encode());
+            bytes.extend(packet.encode());
             bytes
         }
         Err(error) => {
@@ -349,7 +410,7 @@ pub(super) fn send_start(
 
 /// The other ranks' side of [`send_start`]: `restored` (from [`blank`]) takes rank 0's
 /// values; rank 0's refusal becomes this rank's error, with the same message.
-pub(super) fn receive_start(
+fn receive_start(
     world: &dyn Collective,
     config: &TrainConfig,
     restored: &mut Restored,
@@ -407,15 +468,6 @@ fn replace_from<'p>(
         ),
         _ => value,
     }
-}
-
-/// Every rank compares a checksum of what it holds with rank 0's.
-pub(super) fn check_start(world: &dyn Collective, restored: &Restored) -> Result<(), TrainError> {
-    check_same_state(
-        world,
-        &start_packet(restored),
-        "after the start state's broadcast",
-    )
 }
 
 /// Every rank compares the checksum of `packet` (its whole state) with rank 0's; `when` says
