@@ -94,6 +94,58 @@ fn val_rows(run: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Trains `config` (with `extra` arguments) single-threaded twice: one process over `ranks`
+/// flex devices into `one`, and `ranks` processes of one flex device each into `many`.
+/// Returns the second run's output.
+fn one_and_many(ranks: usize, config: &str, extra: &[&str], one: &Path, many: &Path) -> String {
+    let args = |devices: [&str; 2], run: &Path| -> Vec<String> {
+        let run = run.display().to_string();
+        ["train", config, devices[0], devices[1], "--run-dir", &run]
+            .iter()
+            .chain(extra)
+            .map(|arg| arg.to_string())
+            .collect()
+    };
+    let devices = vec!["flex"; ranks].join(",");
+    succeeded(
+        &Command::new(env!("CARGO_BIN_EXE_xception"))
+            .env("RAYON_NUM_THREADS", "1")
+            .args(args(["--devices", &devices], one))
+            .output()
+            .expect("runs"),
+    );
+    let args = args(["--device", "flex"], many);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    succeeded(
+        &mpirun_command(ranks, &["-x", "RAYON_NUM_THREADS"], &args)
+            .env("RAYON_NUM_THREADS", "1")
+            .output()
+            .expect("mpirun"),
+    )
+}
+
+/// Asserts that the model and EMA weights of two runs' checkpoints at `step` agree within
+/// 1e-5 relative, and bit for bit when `exact`.
+fn assert_same_weights(one: &Path, many: &Path, step: u64, exact: bool, what: &str) {
+    for file in ["model.safetensors", "ema.safetensors"] {
+        let (a, b) = (
+            checkpoint(one, step).join(file),
+            checkpoint(many, step).join(file),
+        );
+        if exact {
+            assert!(
+                tensors(&a) == tensors(&b),
+                "{what}, {file}: not bit-identical"
+            );
+        }
+        let (difference, name) = largest_difference(&a, &b);
+        assert!(
+            difference < 1e-5,
+            "{what}, {file}: {name} differs by {difference:e}"
+        );
+    }
+}
+
 /// One process over N devices and N processes of one device compute the same steps: every
 /// weight within 1e-5 relative; with two, whose weights (1/2) are exact, bit for bit. Both
 /// sides run single-threaded kernels: with more threads, a matrix product's split (and so its
@@ -106,58 +158,13 @@ fn two_and_three_ranks_update_like_one_process_over_as_many_devices() {
     for ranks in [2usize, 3] {
         let one = dir.path().join(format!("one-{ranks}"));
         let many = dir.path().join(format!("many-{ranks}"));
-        let devices = vec!["flex"; ranks].join(",");
-        let stop = ["--stop-at-step", "4"];
-        let reference = Command::new(env!("CARGO_BIN_EXE_xception"))
-            .env("RAYON_NUM_THREADS", "1")
-            .args(
-                [
-                    &["train", &config, "--devices", &devices, "--run-dir"][..],
-                    &[&one.display().to_string()],
-                    &stop,
-                ]
-                .concat(),
-            )
-            .output()
-            .expect("runs");
-        succeeded(&reference);
-        let log = succeeded(
-            &mpirun_command(
-                ranks,
-                &["-x", "RAYON_NUM_THREADS"],
-                &[
-                    &["train", &config, "--device", "flex", "--run-dir"][..],
-                    &[&many.display().to_string()],
-                    &stop,
-                ]
-                .concat(),
-            )
-            .env("RAYON_NUM_THREADS", "1")
-            .output()
-            .expect("mpirun"),
-        );
+        let log = one_and_many(ranks, &config, &["--stop-at-step", "4"], &one, &many);
         assert_eq!(
             log.matches("(run step 1)").count(),
             1,
             "rank 0 alone reports: {log}"
         );
-        for file in ["model.safetensors", "ema.safetensors"] {
-            let (a, b) = (
-                checkpoint(&one, 4).join(file),
-                checkpoint(&many, 4).join(file),
-            );
-            if ranks == 2 {
-                assert!(
-                    tensors(&a) == tensors(&b),
-                    "2 ranks, {file}: not bit-identical"
-                );
-            }
-            let (difference, name) = largest_difference(&a, &b);
-            assert!(
-                difference < 1e-5,
-                "{ranks} ranks, {file}: {name} differs by {difference:e}"
-            );
-        }
+        assert_same_weights(&one, &many, 4, ranks == 2, &format!("{ranks} ranks"));
         // Evaluation is sharded over the ranks: the same images, counted once.
         let (a, b) = (val_rows(&one), val_rows(&many));
         assert!(!a.is_empty());
@@ -195,7 +202,7 @@ fn two_and_three_ranks_update_like_one_process_over_as_many_devices() {
         b"not a JPEG",
     )
     .expect("break a file");
-    // (what, config, options, step compared, bit-identical). Where the two round
+    // (what, config, option, step compared, bit-identical). Where the two round
     // differently (accumulation adds each rank's batches before the ranks, one process the
     // devices first; a share of 3 images of 7 is weighted 3/7), this tiny model turns a
     // rounding difference into a percent within a few steps (one process alone does the same
@@ -221,54 +228,9 @@ fn two_and_three_ranks_update_like_one_process_over_as_many_devices() {
         let one = dir.path().join(format!("one {what}"));
         let many = dir.path().join(format!("many {what}"));
         let stop = step.to_string();
-        let args = |devices: &[&'static str], run: &Path| -> Vec<String> {
-            let mut args: Vec<String> = ["train", config.as_str()]
-                .iter()
-                .chain(devices)
-                .map(|s| s.to_string())
-                .collect();
-            args.extend(["--run-dir".into(), run.display().to_string()]);
-            args.extend([
-                "--set".into(),
-                option.into(),
-                "--stop-at-step".into(),
-                stop.clone(),
-            ]);
-            args
-        };
-        let one_args = args(&["--devices", "flex,flex"], &one);
-        succeeded(
-            &Command::new(env!("CARGO_BIN_EXE_xception"))
-                .env("RAYON_NUM_THREADS", "1")
-                .args(&one_args)
-                .output()
-                .expect("runs"),
-        );
-        let many_args = args(&["--device", "flex"], &many);
-        let many_args: Vec<&str> = many_args.iter().map(String::as_str).collect();
-        succeeded(
-            &mpirun_command(2, &["-x", "RAYON_NUM_THREADS"], &many_args)
-                .env("RAYON_NUM_THREADS", "1")
-                .output()
-                .expect("mpirun"),
-        );
-        for file in ["model.safetensors", "ema.safetensors"] {
-            let (a, b) = (
-                checkpoint(&one, step).join(file),
-                checkpoint(&many, step).join(file),
-            );
-            if exact {
-                assert!(
-                    tensors(&a) == tensors(&b),
-                    "{what}, {file}: not bit-identical"
-                );
-            }
-            let (difference, name) = largest_difference(&a, &b);
-            assert!(
-                difference < 1e-5,
-                "{what}, {file}: {name} differs by {difference:e}"
-            );
-        }
+        let extra = ["--set", option, "--stop-at-step", &stop];
+        one_and_many(2, config, &extra, &one, &many);
+        assert_same_weights(&one, &many, step, exact, what);
     }
 
     // The control: one device with the same global batch normalises with the statistics of
