@@ -1,10 +1,12 @@
-//! The network as data: which blocks, in which order, with how many channels.
+//! Xception as data: which blocks, in which order, with how many channels; and the analytic
+//! summary every architecture fills in ([`Summary`]: layers, blocks, parameters, multiply-adds).
 //!
-//! Both the Burn module ([`crate::Xception`]) and the analytic summary ([`Summary`]) are built
-//! from this one plan, so the printed table and the trained network cannot drift apart.
+//! Both the Burn module ([`crate::Xception`]) and its summary are built from this one plan, so
+//! the printed table and the trained network cannot drift apart.
 
 use serde::Serialize;
 
+use crate::ModelConfig;
 use crate::config::XceptionConfig;
 
 /// The three flows of the paper's figure 5.
@@ -117,9 +119,14 @@ pub struct LayerSummary {
 /// Totals for one block.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BlockSummary {
-    /// The block's plan.
-    #[serde(flatten)]
-    pub plan: BlockPlan,
+    /// The block's name (Keras': `block1` ... `block14`, `mixed0` ... `mixed10`).
+    pub name: String,
+    /// Where it sits in the architecture (`entry flow`, `module A`, ...).
+    pub stage: String,
+    /// Channels entering the block.
+    pub in_channels: usize,
+    /// Channels leaving it.
+    pub out_channels: usize,
     /// Output shape `[C, H, W]`.
     pub output: [usize; 3],
     /// Trainable parameters of the block.
@@ -130,6 +137,28 @@ pub struct BlockSummary {
     pub macs: u64,
 }
 
+impl BlockSummary {
+    /// The totals of `layers`, the block's own.
+    pub fn of(
+        name: &str,
+        stage: String,
+        (in_channels, out_channels): (usize, usize),
+        output: [usize; 3],
+        layers: &[LayerSummary],
+    ) -> Self {
+        Self {
+            name: name.to_string(),
+            stage,
+            in_channels,
+            out_channels,
+            output,
+            params: layers.iter().map(|l| l.params).sum(),
+            non_trainable_params: layers.iter().map(|l| l.non_trainable_params).sum(),
+            macs: layers.iter().map(|l| l.macs).sum(),
+        }
+    }
+}
+
 /// Parameter and multiply-add counts of a configuration, computed from the plan alone.
 ///
 /// Multiply-adds count convolutions and the classifier, one per weight use, as timm's and
@@ -137,7 +166,7 @@ pub struct BlockSummary {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Summary {
     /// The configuration summarised.
-    pub config: XceptionConfig,
+    pub config: ModelConfig,
     /// Every layer, in execution order.
     pub layers: Vec<LayerSummary>,
     /// Every block, in execution order.
@@ -150,9 +179,33 @@ pub struct Summary {
     pub total_params: u64,
     /// Multiply-adds for one image.
     pub macs: u64,
-    /// Convolution layers in the feature extractor, residual 1x1 convolutions not counted (the
-    /// paper's "36 convolutional layers").
+    /// Convolution layers in the feature extractor (Xception: residual 1x1 convolutions not
+    /// counted, the paper's "36 convolutional layers").
     pub conv_layers: usize,
+}
+
+/// The global average pool and the classifier, as every architecture here ends.
+pub fn head_layers(features: usize, classes: usize, dropout: f64) -> Vec<LayerSummary> {
+    let dense = (features * classes) as u64;
+    let layer = |name: &str, op: String, output, params, macs| LayerSummary {
+        block: HEAD.to_string(),
+        name: name.to_string(),
+        op,
+        output,
+        params,
+        non_trainable_params: 0,
+        macs,
+    };
+    vec![
+        layer("avg_pool", "global average pool".into(), vec![features], 0, 0),
+        layer(
+            "predictions",
+            format!("dropout {dropout} + dense"),
+            vec![classes],
+            dense + classes as u64,
+            dense,
+        ),
+    ]
 }
 
 /// The pseudo-block of the pooling and classifier layers, whose names are Keras' own
@@ -170,11 +223,7 @@ impl SummaryBuilder<'_> {
     fn layer(&mut self, suffix: &str, op: String, output: Vec<usize>, params: u64, macs: u64) {
         self.layers.push(LayerSummary {
             block: self.block.clone(),
-            name: if self.block == HEAD {
-                suffix.to_string()
-            } else {
-                format!("{}_{suffix}", self.block)
-            },
+            name: format!("{}_{suffix}", self.block),
             op,
             output,
             params,
@@ -243,86 +292,97 @@ impl SummaryBuilder<'_> {
 
 impl Summary {
     /// Summarises the network `config` describes (which should be valid).
-    pub fn new(config: &XceptionConfig) -> Self {
-        let mut builder = SummaryBuilder {
-            config,
-            block: String::new(),
-            layers: Vec::new(),
-            conv_layers: 0,
-        };
-        let mut blocks = Vec::new();
-        let mut size = config.input_size;
-        for block in plan(config) {
-            builder.block = block.name.clone();
-            let first_layer = builder.layers.len();
-            let (c_in, c_mid, c_out) = (block.in_channels, block.mid_channels, block.out_channels);
-            match block.kind {
-                BlockKind::Stem => {
-                    let s1 = valid_conv3_size(size, 2);
-                    builder.conv_bn("conv1", (c_in, c_mid), 3, 2, "valid", s1, true);
-                    size = valid_conv3_size(s1, 1);
-                    builder.conv_bn("conv2", (c_mid, c_out), 3, 1, "valid", size, true);
-                }
-                BlockKind::Downsample { .. } => {
-                    builder.sepconv_bn("sepconv1", (c_in, c_mid), size);
-                    builder.sepconv_bn("sepconv2", (c_mid, c_out), size);
-                    let pooled = same_stride2_size(size);
-                    let output = vec![c_out, pooled, pooled];
-                    let op = "maxpool 3x3/2 same".to_string();
-                    builder.layer("pool", op, output, 0, 0);
-                    if config.residual {
-                        builder.conv_bn("residual", (c_in, c_out), 1, 2, "same", pooled, false);
-                    }
-                    size = pooled;
-                }
-                BlockKind::Middle => {
-                    for unit in ["sepconv1", "sepconv2", "sepconv3"] {
-                        builder.sepconv_bn(unit, (c_in, c_out), size);
-                    }
-                }
-                BlockKind::Final => {
-                    builder.sepconv_bn("sepconv1", (c_in, c_mid), size);
-                    builder.sepconv_bn("sepconv2", (c_mid, c_out), size);
-                }
-            }
-            let layers = &builder.layers[first_layer..];
-            blocks.push(BlockSummary {
-                output: [c_out, size, size],
-                params: layers.iter().map(|l| l.params).sum(),
-                non_trainable_params: layers.iter().map(|l| l.non_trainable_params).sum(),
-                macs: layers.iter().map(|l| l.macs).sum(),
-                plan: block,
-            });
+    pub fn new(config: impl Into<ModelConfig>) -> Self {
+        match config.into() {
+            ModelConfig::Xception(config) => xception_summary(&config),
+            ModelConfig::InceptionV3(config) => crate::inception_v3::summary(&config),
         }
-        let features = blocks.last().map_or(0, |b| b.output[0]);
-        builder.block = HEAD.to_string();
-        let pool_op = "global average pool".to_string();
-        builder.layer("avg_pool", pool_op, vec![features], 0, 0);
-        let classes = config.num_classes;
-        let dense = (features * classes) as u64;
-        let op = format!("dropout {} + dense", config.dropout);
-        builder.layer(
-            "predictions",
-            op,
-            vec![classes],
-            dense + classes as u64,
-            dense,
-        );
+    }
 
-        let layers = builder.layers;
+    /// The totals of `layers` (the blocks' layers, in order) and `head`.
+    pub fn from_layers(
+        config: ModelConfig,
+        mut layers: Vec<LayerSummary>,
+        blocks: Vec<BlockSummary>,
+        head: Vec<LayerSummary>,
+        conv_layers: usize,
+    ) -> Self {
+        layers.extend(head);
         let trainable_params = layers.iter().map(|l| l.params).sum();
         let non_trainable_params = layers.iter().map(|l| l.non_trainable_params).sum();
         Summary {
-            config: config.clone(),
+            config,
             trainable_params,
             non_trainable_params,
             total_params: trainable_params + non_trainable_params,
             macs: layers.iter().map(|l| l.macs).sum(),
-            conv_layers: builder.conv_layers,
+            conv_layers,
             layers,
             blocks,
         }
     }
+}
+
+fn xception_summary(config: &XceptionConfig) -> Summary {
+    let mut builder = SummaryBuilder {
+        config,
+        block: String::new(),
+        layers: Vec::new(),
+        conv_layers: 0,
+    };
+    let mut blocks = Vec::new();
+    let mut size = config.input_size;
+    for block in plan(config) {
+        builder.block = block.name.clone();
+        let first_layer = builder.layers.len();
+        let (c_in, c_mid, c_out) = (block.in_channels, block.mid_channels, block.out_channels);
+        match block.kind {
+            BlockKind::Stem => {
+                let s1 = valid_conv3_size(size, 2);
+                builder.conv_bn("conv1", (c_in, c_mid), 3, 2, "valid", s1, true);
+                size = valid_conv3_size(s1, 1);
+                builder.conv_bn("conv2", (c_mid, c_out), 3, 1, "valid", size, true);
+            }
+            BlockKind::Downsample { .. } => {
+                builder.sepconv_bn("sepconv1", (c_in, c_mid), size);
+                builder.sepconv_bn("sepconv2", (c_mid, c_out), size);
+                let pooled = same_stride2_size(size);
+                let output = vec![c_out, pooled, pooled];
+                let op = "maxpool 3x3/2 same".to_string();
+                builder.layer("pool", op, output, 0, 0);
+                if config.residual {
+                    builder.conv_bn("residual", (c_in, c_out), 1, 2, "same", pooled, false);
+                }
+                size = pooled;
+            }
+            BlockKind::Middle => {
+                for unit in ["sepconv1", "sepconv2", "sepconv3"] {
+                    builder.sepconv_bn(unit, (c_in, c_out), size);
+                }
+            }
+            BlockKind::Final => {
+                builder.sepconv_bn("sepconv1", (c_in, c_mid), size);
+                builder.sepconv_bn("sepconv2", (c_mid, c_out), size);
+            }
+        }
+        let stage = format!("{:?} flow", block.flow).to_lowercase();
+        blocks.push(BlockSummary::of(
+            &block.name,
+            stage,
+            (c_in, c_out),
+            [c_out, size, size],
+            &builder.layers[first_layer..],
+        ));
+    }
+    let features = blocks.last().map_or(0, |b| b.output[0]);
+    let head = head_layers(features, config.num_classes, config.dropout);
+    Summary::from_layers(
+        ModelConfig::Xception(config.clone()),
+        builder.layers,
+        blocks,
+        head,
+        builder.conv_layers,
+    )
 }
 
 #[cfg(test)]
@@ -397,7 +457,7 @@ mod tests {
         assert_eq!(shallow.trainable_params, 22_855_952 - 6 * per_middle_block);
         assert_eq!(shallow.blocks.len(), 8);
         assert_eq!(
-            shallow.blocks.last().map(|b| b.plan.name.as_str()),
+            shallow.blocks.last().map(|b| b.name.as_str()),
             Some("block8")
         );
 

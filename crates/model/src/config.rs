@@ -72,9 +72,14 @@ pub enum ConfigError {
     /// `model.num_classes` is zero.
     #[error("model.num_classes must be at least 1, got {0}")]
     NoClasses(usize),
-    /// `model.input_size` is below [`MIN_INPUT_SIZE`].
-    #[error("model.input_size must be at least {MIN_INPUT_SIZE} (as in Keras), got {0}")]
-    InputTooSmall(usize),
+    /// `model.input_size` is below the architecture's minimum.
+    #[error("model.input_size must be at least {minimum} for this architecture (as in Keras), got {got}")]
+    InputTooSmall {
+        /// The architecture's smallest input.
+        minimum: usize,
+        /// The configured size.
+        got: usize,
+    },
     /// `model.width` is not a positive finite number.
     #[error("model.width must be a positive finite number, got {0}")]
     BadWidth(f64),
@@ -86,6 +91,19 @@ pub enum ConfigError {
         "model.bn_momentum must be in [0, 1) (Keras' convention: 0.99 keeps 99% of the running statistics each step), got {0}"
     )]
     BadBnMomentum(f64),
+    /// `model.aux_loss_weight` is negative or not finite.
+    #[error("model.aux_loss_weight must be a finite number >= 0, got {0}")]
+    BadAuxWeight(f64),
+    /// The auxiliary classifier does not fit the input size.
+    #[error(
+        "model.aux_logits needs a 17x17 or larger grid after mixed7 (input 299 or more, as in timm); model.input_size {input_size} gives {grid}x{grid}"
+    )]
+    AuxTooSmall {
+        /// The configured input size.
+        input_size: usize,
+        /// The grid it gives.
+        grid: usize,
+    },
 }
 
 impl ConfigError {
@@ -93,10 +111,12 @@ impl ConfigError {
     pub fn field(&self) -> &'static str {
         match self {
             Self::NoClasses(_) => "model.num_classes",
-            Self::InputTooSmall(_) => "model.input_size",
+            Self::InputTooSmall { .. } => "model.input_size",
             Self::BadWidth(_) => "model.width",
             Self::BadDropout(_) => "model.dropout",
             Self::BadBnMomentum(_) => "model.bn_momentum",
+            Self::BadAuxWeight(_) => "model.aux_loss_weight",
+            Self::AuxTooSmall { .. } => "model.aux_logits",
         }
     }
 }
@@ -108,7 +128,10 @@ impl XceptionConfig {
             return Err(ConfigError::NoClasses(self.num_classes));
         }
         if self.input_size < MIN_INPUT_SIZE {
-            return Err(ConfigError::InputTooSmall(self.input_size));
+            return Err(ConfigError::InputTooSmall {
+                minimum: MIN_INPUT_SIZE,
+                got: self.input_size,
+            });
         }
         if !(self.width.is_finite() && self.width > 0.0) {
             return Err(ConfigError::BadWidth(self.width));

@@ -1,7 +1,7 @@
-//! Weight names and layouts of other frameworks: timm's `legacy_xception` (PyTorch) and Keras'
-//! `applications/xception.py`. [`slots`] lists, for a configuration, every tensor of the
-//! model with its Burn path and its timm and Keras names; [`export`] and [`import`] are the
-//! single remapping functions built on it.
+//! Weight names and layouts of other frameworks: timm's `legacy_xception` and `inception_v3`
+//! (PyTorch) and Keras' `applications/xception.py` and `inception_v3.py`. [`slots`] lists, for
+//! a configuration, every tensor of the model with its Burn path and its timm and Keras names;
+//! [`export`] and [`import`] are the single remapping functions built on it.
 //!
 //! Layouts: Burn stores convolutions as PyTorch does (`[out, in/groups, kh, kw]`) and linear
 //! weights as `[in, out]`. timm's `fc.weight` is `[out, in]`. Keras stores convolution kernels
@@ -17,8 +17,10 @@ use std::collections::BTreeMap;
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::{Tensor, TensorData};
 
+use crate::path::ModulePath;
+
 use crate::config::XceptionConfig;
-use crate::xception::Xception;
+use crate::network::{ModelConfig, Network};
 
 /// A foreign naming and layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +51,9 @@ pub enum Kind {
     Pointwise,
     /// BatchNorm scale.
     Gamma,
+    /// The scale of a BatchNorm that has none (Inception V3's): all ones in timm's layout,
+    /// absent in Keras'. Its Burn path is the layer's shift, whose shape it has.
+    UnitGamma,
     /// BatchNorm shift.
     Beta,
     /// BatchNorm running mean.
@@ -68,18 +73,19 @@ pub struct Slot {
     pub burn: String,
     /// Key in timm's `legacy_xception` state dict (`block1.rep.0.conv1.weight`).
     pub timm: String,
-    /// Keras `layer/weight` (`block2_sepconv1/depthwise_kernel`).
-    pub keras: String,
+    /// Keras `layer/weight` (`block2_sepconv1/depthwise_kernel`); none where Keras' model has
+    /// no such tensor (Inception V3's auxiliary classifier).
+    pub keras: Option<String>,
     /// What it is.
     pub kind: Kind,
 }
 
 impl Slot {
-    /// The name in `format`.
-    pub fn name(&self, format: Format) -> &str {
+    /// The name in `format`, if the format has the tensor.
+    pub fn name(&self, format: Format) -> Option<&str> {
         match format {
-            Format::Timm => &self.timm,
-            Format::Keras => &self.keras,
+            Format::Timm => Some(&self.timm),
+            Format::Keras => self.keras.as_deref(),
         }
     }
 }
@@ -103,6 +109,11 @@ pub enum InteropError {
         /// The shape found.
         found: Vec<usize>,
     },
+    /// A BatchNorm without scale is given one that is not all ones.
+    #[error(
+        "tensor `{0}` is a BatchNorm scale that is not all ones, but this model's BatchNorm has no scale (set model.bn_scale = true)"
+    )]
+    Scaled(String),
     /// A tensor's values are not floats.
     #[error("tensor `{key}`: {reason}")]
     Values {
@@ -128,7 +139,7 @@ fn bn_slots(slots: &mut Vec<Slot>, burn: &str, timm: &str, keras: &str) {
         slots.push(Slot {
             burn: format!("{burn}.{b}"),
             timm: format!("{timm}.{t}"),
-            keras: format!("{keras}/{k}"),
+            keras: Some(format!("{keras}/{k}")),
             kind,
         });
     }
@@ -138,7 +149,7 @@ fn conv_bn_slots(slots: &mut Vec<Slot>, burn: &str, timm: (&str, &str), keras: (
     slots.push(Slot {
         burn: format!("{burn}.conv.weight"),
         timm: format!("{}.weight", timm.0),
-        keras: format!("{}/kernel", keras.0),
+        keras: Some(format!("{}/kernel", keras.0)),
         kind: Kind::Conv,
     });
     bn_slots(slots, &format!("{burn}.bn"), timm.1, keras.1);
@@ -149,13 +160,13 @@ fn sep_slots(slots: &mut Vec<Slot>, burn: &str, timm_sep: &str, timm_bn: &str, k
     slots.push(Slot {
         burn: format!("{burn}.depthwise.weight"),
         timm: format!("{timm_sep}.conv1.weight"),
-        keras: format!("{keras}/depthwise_kernel"),
+        keras: Some(format!("{keras}/depthwise_kernel")),
         kind: Kind::Depthwise,
     });
     slots.push(Slot {
         burn: format!("{burn}.pointwise.weight"),
         timm: format!("{timm_sep}.pointwise.weight"),
-        keras: format!("{keras}/pointwise_kernel"),
+        keras: Some(format!("{keras}/pointwise_kernel")),
         kind: Kind::Pointwise,
     });
     bn_slots(
@@ -167,7 +178,7 @@ fn sep_slots(slots: &mut Vec<Slot>, burn: &str, timm_sep: &str, timm_bn: &str, k
 }
 
 /// The name Keras gives the `index`-th unnamed layer of `base` (`conv2d`, `conv2d_1`, ...).
-fn keras_unnamed(base: &str, index: usize) -> String {
+pub(crate) fn keras_unnamed(base: &str, index: usize) -> String {
     if index == 0 {
         base.to_string()
     } else {
@@ -208,7 +219,14 @@ fn downsample_slots(
 }
 
 /// Every tensor of the model that `config` describes, in the order of the network.
-pub fn slots(config: &XceptionConfig) -> Vec<Slot> {
+pub fn slots(config: &ModelConfig) -> Vec<Slot> {
+    match config {
+        ModelConfig::Xception(config) => xception_slots(config),
+        ModelConfig::InceptionV3(config) => crate::inception_v3::slots(config),
+    }
+}
+
+fn xception_slots(config: &XceptionConfig) -> Vec<Slot> {
     let mut slots = Vec::new();
     conv_bn_slots(
         &mut slots,
@@ -270,24 +288,38 @@ pub fn slots(config: &XceptionConfig) -> Vec<Slot> {
     slots.push(Slot {
         burn: "predictions.weight".into(),
         timm: "fc.weight".into(),
-        keras: "predictions/kernel".into(),
+        keras: Some("predictions/kernel".into()),
         kind: Kind::DenseWeight,
     });
     slots.push(Slot {
         burn: "predictions.bias".into(),
         timm: "fc.bias".into(),
-        keras: "predictions/bias".into(),
+        keras: Some("predictions/bias".into()),
         kind: Kind::DenseBias,
     });
     slots
 }
 
-/// Whether timm's `legacy_xception` has exactly this architecture (any number of classes).
-pub fn timm_compatible(config: &XceptionConfig) -> bool {
-    config.middle_blocks == 8
-        && config.width == 1.0
-        && config.residual
-        && config.mid_activation == crate::MidActivation::None
+/// Whether timm's model (`legacy_xception`, `inception_v3`) has exactly this architecture (any
+/// number of classes).
+pub fn timm_compatible(config: &ModelConfig) -> bool {
+    match config {
+        ModelConfig::Xception(config) => {
+            config.middle_blocks == 8
+                && config.width == 1.0
+                && config.residual
+                && config.mid_activation == crate::MidActivation::None
+        }
+        ModelConfig::InceptionV3(config) => config.width == 1.0,
+    }
+}
+
+/// timm's name of the architecture `config` describes.
+pub fn timm_model_name(config: &ModelConfig) -> &'static str {
+    match config {
+        ModelConfig::Xception(_) => "legacy_xception",
+        ModelConfig::InceptionV3(_) => "inception_v3",
+    }
 }
 
 /// `[a, b, c, d]` permuted so that output axis `i` is input axis `order[i]`.
@@ -374,44 +406,44 @@ fn format_shape(format: Format, kind: Kind, shape: &[usize]) -> Vec<usize> {
 /// Every float tensor of a module by path, as host data.
 #[derive(Default)]
 struct Gather {
-    path: Vec<String>,
+    path: ModulePath,
     tensors: BTreeMap<String, TensorData>,
 }
 
 impl ModuleVisitor for Gather {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.enter(name, container_type);
     }
 
     fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
+        self.path.exit();
     }
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         let data = param.val().into_data().convert::<f32>();
-        self.tensors.insert(self.path.join("."), data);
+        self.tensors.insert(self.path.current(), data);
     }
 }
 
 /// Every float tensor's shape by path, read without touching (or initialising) the values.
 #[derive(Default)]
 struct Shapes {
-    path: Vec<String>,
+    path: ModulePath,
     shapes: BTreeMap<String, Vec<usize>>,
 }
 
 impl ModuleVisitor for Shapes {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.enter(name, container_type);
     }
 
     fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
+        self.path.exit();
     }
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         self.shapes
-            .insert(self.path.join("."), param.lazy_shape().to_vec());
+            .insert(self.path.current(), param.lazy_shape().to_vec());
     }
 }
 
@@ -425,21 +457,21 @@ pub fn shapes_by_path<M: Module>(model: &M) -> BTreeMap<String, Vec<usize>> {
 
 /// Replaces float tensors by path, keeping each parameter's id and gradient requirement.
 struct Replace {
-    path: Vec<String>,
+    path: ModulePath,
     tensors: BTreeMap<String, TensorData>,
 }
 
 impl ModuleMapper for Replace {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.enter(name, container_type);
     }
 
     fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
+        self.path.exit();
     }
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let Some(data) = self.tensors.remove(&self.path.join(".")) else {
+        let Some(data) = self.tensors.remove(&self.path.current()) else {
             return param;
         };
         param.map(|tensor| {
@@ -464,10 +496,11 @@ fn values_of(key: &str, data: &TensorData) -> Result<Vec<f32>, InteropError> {
         })
 }
 
-/// The model's tensors under `format`'s names and layouts, in network order.
+/// The model's tensors under `format`'s names and layouts, in network order (tensors the
+/// format has no name for are left out).
 pub fn export(
-    model: &Xception,
-    config: &XceptionConfig,
+    model: &Network,
+    config: &ModelConfig,
     format: Format,
 ) -> Vec<(String, TensorData)> {
     let mut gather = Gather::default();
@@ -475,14 +508,16 @@ pub fn export(
     slots(config)
         .into_iter()
         .filter_map(|slot| {
-            let data = gather.tensors.remove(&slot.burn)?;
+            let name = slot.name(format)?.to_string();
+            let data = gather.tensors.get(&slot.burn)?;
             let shape = data.shape().to_vec();
-            let values = data.try_into_vec::<f32>().ok()?;
+            if slot.kind == Kind::UnitGamma {
+                let ones = vec![1f32; shape.iter().product()];
+                return Some((name, TensorData::new(ones, shape)));
+            }
+            let values = data.clone().try_into_vec::<f32>().ok()?;
             let (values, shape) = to_format(format, slot.kind, &values, &shape);
-            Some((
-                slot.name(format).to_string(),
-                TensorData::new(values, shape),
-            ))
+            Some((name, TensorData::new(values, shape)))
         })
         .collect()
 }
@@ -529,13 +564,14 @@ fn canonical_keras_names(tensors: BTreeMap<String, TensorData>) -> BTreeMap<Stri
 
 /// Loads `tensors` (named and laid out as `format`) into `model`, which `config` describes.
 /// Every tensor the model needs must be there with the right shape, and nothing else
-/// (timm's `num_batches_tracked` counters excepted).
+/// (timm's `num_batches_tracked` counters excepted); tensors the format has no name for (the
+/// auxiliary classifier in Keras' files) keep their values.
 pub fn import(
-    model: Xception,
-    config: &XceptionConfig,
+    model: Network,
+    config: &ModelConfig,
     format: Format,
     tensors: BTreeMap<String, TensorData>,
-) -> Result<Xception, InteropError> {
+) -> Result<Network, InteropError> {
     let mut tensors = match format {
         Format::Keras => canonical_keras_names(tensors),
         Format::Timm => tensors
@@ -546,7 +582,9 @@ pub fn import(
     let shapes = shapes_by_path(&model);
     let mut burn = BTreeMap::new();
     for slot in slots(config) {
-        let key = slot.name(format).to_string();
+        let Some(key) = slot.name(format).map(str::to_string) else {
+            continue;
+        };
         let data = tensors
             .remove(&key)
             .ok_or_else(|| InteropError::Missing(key.clone()))?;
@@ -562,6 +600,12 @@ pub fn import(
             });
         }
         let values = values_of(&key, &data)?;
+        if slot.kind == Kind::UnitGamma {
+            if values.iter().any(|&v| v != 1.0) {
+                return Err(InteropError::Scaled(key));
+            }
+            continue;
+        }
         let (values, shape) = from_format(format, slot.kind, &values, &expected);
         burn.insert(slot.burn, TensorData::new(values, shape));
     }
@@ -569,7 +613,7 @@ pub fn import(
         return Err(InteropError::Unexpected(extra.clone()));
     }
     let mut replace = Replace {
-        path: Vec::new(),
+        path: ModulePath::default(),
         tensors: burn,
     };
     Ok(model.map(&mut replace))
@@ -578,9 +622,9 @@ pub fn import(
 /// Replaces the tensors of `model` named (by Burn path) in `tensors`, checking each shape;
 /// parameters not named keep their values.
 pub fn assign(
-    model: Xception,
+    model: Network,
     tensors: BTreeMap<String, TensorData>,
-) -> Result<Xception, InteropError> {
+) -> Result<Network, InteropError> {
     let current = shapes_by_path(&model);
     for (path, data) in &tensors {
         let target = current
@@ -595,14 +639,14 @@ pub fn assign(
         }
     }
     let mut replace = Replace {
-        path: Vec::new(),
+        path: ModulePath::default(),
         tensors,
     };
     Ok(model.map(&mut replace))
 }
 
 /// The model's float tensors by Burn path (for tests and for reading a module back).
-pub fn tensors_by_path(model: &Xception) -> BTreeMap<String, TensorData> {
+pub fn tensors_by_path<M: Module>(model: &M) -> BTreeMap<String, TensorData> {
     let mut gather = Gather::default();
     model.visit(&mut gather);
     gather.tensors
@@ -613,20 +657,20 @@ mod tests {
     use super::*;
     use burn::tensor::Device;
 
-    fn small() -> XceptionConfig {
-        XceptionConfig {
+    fn small() -> ModelConfig {
+        ModelConfig::Xception(XceptionConfig {
             num_classes: 7,
             input_size: 71,
             width: 0.125,
             middle_blocks: 2,
             ..XceptionConfig::default()
-        }
+        })
     }
 
     #[test]
     fn timm_names_and_shapes_are_legacy_xceptions() {
-        let config = XceptionConfig::default();
-        let model = Xception::new(&config, &Device::flex()).expect("model");
+        let config = ModelConfig::default();
+        let model = Network::new(&config, &Device::flex()).expect("model");
         let exported: BTreeMap<String, Vec<usize>> = export(&model, &config, Format::Timm)
             .into_iter()
             .map(|(name, data)| (name, data.shape().to_vec()))
@@ -650,13 +694,13 @@ mod tests {
     fn export_then_import_gives_the_same_tensors_in_both_formats() {
         let config = small();
         let device = Device::flex();
-        let source = Xception::new(&config, &device).expect("model");
+        let source = Network::new(&config, &device).expect("model");
         let original = tensors_by_path(&source);
         for format in [Format::Timm, Format::Keras] {
             let exported: BTreeMap<String, TensorData> =
                 export(&source, &config, format).into_iter().collect();
             assert_eq!(exported.len(), original.len(), "{format:?}");
-            let fresh = Xception::new(&config, &device).expect("model");
+            let fresh = Network::new(&config, &device).expect("model");
             let imported = import(fresh, &config, format, exported).expect("fits");
             assert_eq!(tensors_by_path(&imported), original, "{format:?}");
         }
@@ -666,7 +710,7 @@ mod tests {
     fn keras_layouts_and_unnamed_layers_by_order() {
         let config = small();
         let device = Device::flex();
-        let source = Xception::new(&config, &device).expect("model");
+        let source = Network::new(&config, &device).expect("model");
         let exported: BTreeMap<String, TensorData> = export(&source, &config, Format::Keras)
             .into_iter()
             .collect();
@@ -719,7 +763,7 @@ mod tests {
             })
             .collect();
         let imported = import(
-            Xception::new(&config, &device).expect("model"),
+            Network::new(&config, &device).expect("model"),
             &config,
             Format::Keras,
             renamed,
@@ -732,10 +776,10 @@ mod tests {
     fn missing_extra_and_misshaped_tensors_name_the_key() {
         let config = small();
         let device = Device::flex();
-        let source = Xception::new(&config, &device).expect("model");
+        let source = Network::new(&config, &device).expect("model");
         let exported: BTreeMap<String, TensorData> =
             export(&source, &config, Format::Timm).into_iter().collect();
-        let fresh = || Xception::new(&config, &device).expect("model");
+        let fresh = || Network::new(&config, &device).expect("model");
 
         let mut missing = exported.clone();
         missing.remove("block2.skipbn.running_var");

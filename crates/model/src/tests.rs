@@ -40,7 +40,7 @@ fn assert_module_matches_summary(config: &XceptionConfig) {
     let blocks = block_param_counts(&model);
     assert_eq!(blocks.len(), summary.blocks.len());
     for ((name, counts), expected) in blocks.iter().zip(&summary.blocks) {
-        assert_eq!(name, &expected.plan.name);
+        assert_eq!(name, &expected.name);
         assert_eq!(counts.trainable, expected.params, "{name} of {config:?}");
         assert_eq!(
             counts.non_trainable, expected.non_trainable_params,
@@ -59,7 +59,7 @@ fn assert_module_matches_summary(config: &XceptionConfig) {
         .iter()
         .map(|b| {
             let [c, h, w] = b.output;
-            (b.plan.name.clone(), [batch, c, h, w])
+            (b.name.clone(), [batch, c, h, w])
         })
         .collect();
     assert_eq!(shapes, expected, "{config:?}");

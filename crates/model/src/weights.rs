@@ -7,14 +7,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use burn::store::{
-    BurnpackStore, ModuleSnapshot, ModuleStore, PytorchStore, SafetensorsStore, bridge, burn_pack,
+    BurnpackStore, ModuleStore, PytorchStore, SafetensorsStore, bridge, burn_pack,
 };
 use burn::tensor::{DType, Device, TensorData};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ConfigError, XceptionConfig};
+use crate::config::ConfigError;
 use crate::interop::{self, Format, InteropError};
-use crate::xception::Xception;
+use crate::network::{ModelConfig, Network};
 
 /// Metadata key: the model config as JSON.
 pub const META_MODEL: &str = "xception.model";
@@ -26,20 +26,20 @@ pub const META_PREPROCESSING: &str = "xception.preprocessing";
 pub const META_SOURCE: &str = "xception.source";
 
 /// The preprocessing every weights file of this project assumes, in words.
-pub fn preprocessing(config: &XceptionConfig, crop_pct: f64) -> String {
+pub fn preprocessing(config: &ModelConfig, crop_pct: f64) -> String {
     format!(
         "RGB, x / 127.5 - 1 (Keras 'tf' mode); evaluation: central crop of {crop_pct} of each side, antialiased bilinear resize to {0}x{0}; NCHW",
-        config.input_size
+        config.input_size()
     )
 }
 
 /// A model read from a weights file.
 pub struct WeightsFile {
     /// The network.
-    pub model: Xception,
-    /// Its configuration: from the file's metadata, else the paper's model with the file's
-    /// number of classes.
-    pub config: XceptionConfig,
+    pub model: Network,
+    /// Its configuration: from the file's metadata, else the published architecture the
+    /// file's names show, with the file's number of classes.
+    pub config: ModelConfig,
     /// The file's string metadata (empty for a PyTorch file).
     pub metadata: HashMap<String, String>,
     /// The names the file used: timm's or Keras' (`None`: Burn's own, a `.bpk`).
@@ -111,9 +111,9 @@ fn read_burnpack(path: &Path, device: &Device) -> Result<WeightsFile, WeightsFil
             format!("has no `{META_MODEL}` metadata (not written by xception)"),
         )
     })?;
-    let mut model = Xception::new(&config, device)?;
+    let mut model = Network::new(&config, device)?;
     let result = model
-        .load_from(&mut BurnpackStore::from_file(path))
+        .load_weights(&mut BurnpackStore::from_file(path))
         .map_err(|e| unreadable(path, e))?;
     if let Some(extra) = result.unused.first() {
         return Err(unreadable(
@@ -153,7 +153,7 @@ fn read_foreign(
         Some(config) => config,
         None => infer_config(path, format, &tensors)?,
     };
-    let model = Xception::new(&config, device)?;
+    let model = Network::new(&config, device)?;
     let model = interop::import(model, &config, format, tensors).map_err(|cause| {
         WeightsFileError::Tensors {
             path: path.to_path_buf(),
@@ -297,32 +297,50 @@ fn detect_format(tensors: &BTreeMap<String, TensorData>) -> Format {
     }
 }
 
-/// The paper's model with as many classes as the classifier of `tensors` has.
+/// The published architecture that `tensors` name (Xception's Keras layers are named
+/// `block1_conv1` ..., Inception V3's are all unnamed; timm's Inception V3 starts with
+/// `Conv2d_1a_3x3`), with as many classes as its classifier has; for Inception V3 also whether
+/// it has the auxiliary classifier and BatchNorm scales other than one.
 fn infer_config(
     path: &Path,
     format: Format,
     tensors: &BTreeMap<String, TensorData>,
-) -> Result<XceptionConfig, WeightsFileError> {
-    let bias = match format {
-        Format::Timm => "fc.bias",
-        Format::Keras => "predictions/bias",
+) -> Result<ModelConfig, WeightsFileError> {
+    let key = |k: &String| k.trim_end_matches(":0").to_string();
+    let has = |prefix: &str| tensors.keys().any(|k| key(k).starts_with(prefix));
+    let (bias, inception) = match format {
+        Format::Timm => ("fc.bias", has("Conv2d_1a_3x3.")),
+        Format::Keras => ("predictions/bias", !has("block1_conv1")),
     };
     let classes = tensors
         .iter()
-        .find(|(k, _)| k.trim_end_matches(":0") == bias)
+        .find(|(k, _)| key(k) == bias)
         .map(|(_, data)| data.shape().iter().product::<usize>())
         .ok_or_else(|| unreadable(path, format!("has no classifier bias `{bias}`")))?;
-    Ok(XceptionConfig {
+    if !inception {
+        return Ok(ModelConfig::Xception(crate::XceptionConfig {
+            num_classes: classes,
+            ..Default::default()
+        }));
+    }
+    let scaled = |(k, data): (&String, &TensorData)| {
+        let k = key(k);
+        let gamma = k.ends_with(".bn.weight") || k.ends_with("/gamma");
+        gamma && data.iter::<f32>().any(|v| v != 1.0)
+    };
+    Ok(ModelConfig::InceptionV3(crate::InceptionV3Config {
         num_classes: classes,
-        ..XceptionConfig::default()
-    })
+        aux_logits: format == Format::Timm && has("AuxLogits."),
+        bn_scale: tensors.iter().any(scaled),
+        ..Default::default()
+    }))
 }
 
 /// The model config a file written by this project carries, if any.
 fn metadata_config(
     path: &Path,
     metadata: &HashMap<String, String>,
-) -> Result<Option<XceptionConfig>, WeightsFileError> {
+) -> Result<Option<ModelConfig>, WeightsFileError> {
     metadata
         .get(META_MODEL)
         .map(|model| {
@@ -335,7 +353,7 @@ fn metadata_config(
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ExportFormat {
-    /// timm's `legacy_xception` names and PyTorch layouts.
+    /// timm's names (`legacy_xception`, `inception_v3`) and PyTorch layouts.
     Safetensors,
     /// Burn's native file, Burn's names.
     Burnpack,
@@ -348,7 +366,7 @@ pub struct ExportSummary {
     pub out: PathBuf,
     /// Tensors written.
     pub tensors: usize,
-    /// Whether timm's `legacy_xception` can load it with `strict=True`.
+    /// Whether timm's model (`legacy_xception`, `inception_v3`) can load it with `strict=True`.
     pub timm_loadable: bool,
     /// The metadata written.
     pub metadata: BTreeMap<String, String>,
@@ -360,8 +378,8 @@ pub struct ExportSummary {
 /// Writes `model` to `out` in `format` with `metadata` (through a temporary file renamed
 /// into place, so `out` is never half written).
 pub fn write(
-    model: &Xception,
-    config: &XceptionConfig,
+    model: &Network,
+    config: &ModelConfig,
     format: ExportFormat,
     metadata: BTreeMap<String, String>,
     out: &Path,
@@ -393,7 +411,7 @@ pub fn write(
                 store = store.metadata(key.clone(), value.clone());
             }
             model
-                .save_into(&mut store)
+                .save_weights(&mut store)
                 .map_err(|e| unreadable(out, format!("cannot write: {e}")))?;
             interop::tensors_by_path(model).len()
         }

@@ -26,7 +26,7 @@ fn batch_norm(channels: usize, keras_momentum: f64, device: &Device) -> BatchNor
 
 /// He initialisation scaled by fan-out, as timm initialises Xception; fan-out counts one
 /// group's outputs, so depthwise kernels start at a sensible scale.
-fn conv_initializer() -> Initializer {
+pub(crate) fn conv_initializer() -> Initializer {
     Initializer::KaimingNormal {
         gain: std::f64::consts::SQRT_2,
         fan_out_only: true,
@@ -332,10 +332,15 @@ impl Xception {
 
     /// Parameter counts of this module, split as Keras splits them.
     pub fn param_counts(&self) -> ParamCounts {
-        let mut counter = ParamCounter::default();
-        self.visit(&mut counter);
-        counter.counts
+        param_counts(self)
     }
+}
+
+/// Parameter counts of any module, split as Keras splits them.
+pub(crate) fn param_counts<M: Module>(module: &M) -> ParamCounts {
+    let mut counter = ParamCounter::default();
+    module.visit(&mut counter);
+    counter.counts
 }
 
 /// Trainable and non-trainable parameter counts of a module.
@@ -349,22 +354,22 @@ pub struct ParamCounts {
 
 #[derive(Default)]
 struct ParamCounter {
-    field: Vec<String>,
+    field: crate::path::ModulePath,
     counts: ParamCounts,
 }
 
 impl ModuleVisitor for ParamCounter {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.field.push(name.to_string());
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.field.enter(name, container_type);
     }
 
     fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.field.pop();
+        self.field.exit();
     }
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         let elements = param.lazy_shape().num_elements() as u64;
-        match self.field.last().map(String::as_str) {
+        match self.field.last() {
             Some("running_mean" | "running_var") => self.counts.non_trainable += elements,
             _ => self.counts.trainable += elements,
         }
