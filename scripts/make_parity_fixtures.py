@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Reference outputs of Keras' Xception for the parity test (crates/model/tests/parity.rs).
+"""Reference outputs of Keras' Xception and InceptionV3 for the parity tests
+(crates/model/tests/parity.rs).
 
 Every weight is set by a formula of its Keras name and flat index (the Rust test computes the
 same values), so no weights file is committed: only the logits for a formula-made input and a
@@ -7,9 +8,10 @@ sample of the weights after one SGD step, computed in float64 (Keras' own float3
 recorded as a measure of float32 noise). Run with TensorFlow/Keras 3 installed:
 
     python scripts/make_parity_fixtures.py crates/model/tests/fixtures/keras_parity.json
+    python scripts/make_parity_fixtures.py crates/model/tests/fixtures/keras_parity_inception_v3.json inception_v3
 
-Unnamed layers (the four residual convolutions and their BatchNorms) are named by order,
-`conv2d`, `conv2d_1`, ... as a fresh session names them.
+Unnamed layers (Xception's four residual convolutions and their BatchNorms, every layer of
+InceptionV3) are named by order, `conv2d`, `conv2d_1`, ... as a fresh session names them.
 """
 import json
 import math
@@ -19,7 +21,18 @@ import numpy as np
 import keras
 import tensorflow as tf
 
-SIZE, CLASSES, BATCH = 71, 5, 2
+# Per architecture: the Keras constructor and the input side (Xception's smallest; for
+# InceptionV3 a size whose maps are 15, 7 and 3 wide in its three grids, borders and insides).
+ARCHITECTURES = {
+    "xception": (keras.applications.Xception, 71),
+    "inception_v3": (keras.applications.InceptionV3, 139),
+}
+ARCH = sys.argv[2] if len(sys.argv) > 2 else "xception"
+BUILD, SIZE = ARCHITECTURES[ARCH]
+CLASSES, BATCH = 5, 2
+# BatchNorm's moving variance, centre and spread: InceptionV3 has no BatchNorm scale, and with
+# Xception's values its 20-odd layers in a row would shrink every image to the same logits.
+VARIANCE = {"xception": (1.5, 0.5), "inception_v3": (0.6, 0.1)}[ARCH]
 LABELS = [1, 3]
 LR, MOMENTUM = 0.045, 0.9
 
@@ -67,7 +80,7 @@ def formula(name, shape):
     elif weight in ("beta", "moving_mean", "bias"):
         values = 0.1 * noise
     elif weight == "moving_variance":
-        values = 1.5 + 0.5 * noise
+        values = VARIANCE[0] + VARIANCE[1] * noise
     else:
         raise ValueError(name)
     return values.astype(np.float32).reshape(shape)
@@ -81,15 +94,27 @@ def inputs():
     return np.sin((0.05 + 0.11 * n) * h + (0.09 - 0.04 * n) * w + 1.7 * c + n).astype(np.float32)
 
 
+def creation_number(name, base):
+    """The number Keras appended to an unnamed layer (`conv2d_7` -> 7, `conv2d` -> 0), which
+    counts layers in creation order; None for other layers."""
+    if name == base:
+        return 0
+    rest = name[len(base) + 1 :] if name.startswith(base + "_") else ""
+    return int(rest) if rest.isdigit() else None
+
+
 def canonical_names(model):
-    """`layer/weight` for every weight, unnamed layers renamed by order."""
-    counters, rename, names = {}, {}, []
-    for layer in model.layers:
-        for base in ("conv2d", "batch_normalization"):
-            if layer.name == base or layer.name.startswith(base + "_"):
-                index = counters.get(base, 0)
-                counters[base] = index + 1
-                rename[layer.name] = base if index == 0 else f"{base}_{index}"
+    """`layer/weight` for every weight, unnamed layers renamed by creation order (`model.layers`
+    is in graph order, which interleaves InceptionV3's branches differently)."""
+    rename, names = {}, []
+    for base in ("conv2d", "batch_normalization"):
+        numbered = [
+            (creation_number(layer.name, base), layer.name)
+            for layer in model.layers
+            if creation_number(layer.name, base) is not None
+        ]
+        for index, (_, name) in enumerate(sorted(numbered)):
+            rename[name] = base if index == 0 else f"{base}_{index}"
     for layer in model.layers:
         for weight in layer.weights:
             short = weight.path.split("/")[-1] if hasattr(weight, "path") else weight.name
@@ -104,7 +129,7 @@ def run(floatx):
     keras.config.set_dtype_policy(floatx)
     dtype = np.float32 if floatx == "float32" else np.float64
     keras.utils.set_random_seed(0)
-    model = keras.applications.Xception(
+    model = BUILD(
         include_top=True,
         weights=None,
         input_shape=(SIZE, SIZE, 3),
@@ -152,7 +177,8 @@ def main(out):
         for a, b in zip(updated32[name]["values"], updated64[name]["values"])
     )
     fixture = {
-        "about": "Keras Xception with formula weights; see scripts/make_parity_fixtures.py",
+        "about": f"Keras {BUILD.__name__} with formula weights; see scripts/make_parity_fixtures.py",
+        "arch": ARCH,
         "keras": keras.__version__,
         "tensorflow": tf.__version__,
         "size": SIZE,

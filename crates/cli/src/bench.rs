@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use xception_data::synth::generate_photos;
 use xception_data::{ClassInfo, Dataset, Loader, LoaderConfig, RandomResizedCrop, Transform};
-use xception_model::{Summary, XceptionConfig};
+use xception_model::{ModelConfig, Network, Summary, XceptionConfig};
 use xception_train::distributed::{BUCKET, barrier};
 
 use crate::processes::Processes;
@@ -152,6 +152,8 @@ pub fn pipeline(options: &PipelineBench) -> Result<PipelineReport> {
 /// One model measurement.
 #[derive(Debug, Serialize)]
 pub struct ModelResult {
+    /// The architecture (`model.arch`).
+    pub arch: String,
     /// The device measured.
     pub device: String,
     /// Images per forward pass.
@@ -169,21 +171,18 @@ pub struct ModelResult {
 /// `repeats` timed ones, each ended by reading the logits back.
 pub fn inference(
     device: crate::device::DeviceChoice,
+    model: &ModelConfig,
     batch: usize,
-    size: usize,
     warmup: usize,
     repeats: usize,
 ) -> Result<ModelResult> {
     use burn::module::Module;
     use burn::tensor::{Distribution, Tensor};
-    use xception_model::{Xception, XceptionConfig};
 
     let burn_device = device.device();
-    let config = XceptionConfig {
-        input_size: size,
-        ..XceptionConfig::default()
-    };
-    let model = Xception::new(&config, &burn_device)?.valid();
+    let size = model.input_size();
+    let arch = model.arch().to_string();
+    let model = Network::new(model, &burn_device)?.valid();
     let images = Tensor::<4>::random(
         [batch, 3, size, size],
         Distribution::Uniform(-1.0, 1.0),
@@ -208,6 +207,7 @@ pub fn inference(
         .map(|_| run())
         .collect::<Result<Vec<_>>>()?;
     Ok(ModelResult {
+        arch,
         device: device.to_string(),
         batch,
         size,
@@ -219,6 +219,8 @@ pub fn inference(
 /// Timings of a full training step.
 #[derive(Debug, Serialize)]
 pub struct TrainStepResult {
+    /// The architecture (`model.arch`).
+    pub arch: String,
     /// The device.
     pub device: String,
     /// Images per step.
@@ -269,25 +271,21 @@ fn peak_rss_mib() -> Option<f64> {
 /// 1e-5), each ended by reading the loss back and syncing the device.
 pub fn train_step(
     device: crate::device::DeviceChoice,
+    model_config: &ModelConfig,
     batch: usize,
-    size: usize,
     warmup: usize,
     repeats: usize,
 ) -> Result<TrainStepResult> {
     use burn::nn::loss::CrossEntropyLossConfig;
     use burn::optim::GradientsParams;
     use burn::tensor::{Distribution, Int, Tensor, TensorData};
-    use xception_model::{Xception, XceptionConfig};
     use xception_train::config::OptimizerConfig;
     use xception_train::optim::{GradientSum, Optimizer};
 
     let base = device.device();
     let train_device = base.clone().autodiff();
-    let config = XceptionConfig {
-        input_size: size,
-        ..XceptionConfig::default()
-    };
-    let mut model = Some(Xception::new(&config, &train_device)?);
+    let size = model_config.input_size();
+    let mut model = Some(Network::new(model_config, &train_device)?);
     let mut optimizer = Optimizer::new(OptimizerConfig::default());
     let loss_fn = CrossEntropyLossConfig::new().init(&train_device);
     let images = Tensor::<4>::random(
@@ -335,6 +333,7 @@ pub fn train_step(
     let seconds: Vec<f64> = parts.iter().map(|p| p.iter().sum()).collect();
     let phase = |i: usize| median(&parts.iter().map(|p| p[i]).collect::<Vec<_>>());
     Ok(TrainStepResult {
+        arch: model_config.arch().to_string(),
         device: device.to_string(),
         batch,
         size,

@@ -3,14 +3,14 @@
 use std::path::Path;
 
 use anyhow::{Result, bail};
-use xception_model::{LayerSummary, Summary, Xception, XceptionConfig};
+use xception_model::{LayerSummary, ModelConfig, Network, Summary};
 use xception_train::TrainConfig;
 
 use crate::device::DeviceChoice;
 
 /// The `[model]` table of a training config (the paper's model when the table is absent);
 /// the whole file is checked, so a typo in any section is reported.
-pub fn load_model_config(path: &Path) -> Result<XceptionConfig> {
+pub fn load_model_config(path: &Path) -> Result<ModelConfig> {
     Ok(TrainConfig::load(path, &[])?.model)
 }
 
@@ -18,10 +18,10 @@ pub fn load_model_config(path: &Path) -> Result<XceptionConfig> {
 pub fn run(config: Option<&Path>, json: bool, device: DeviceChoice) -> Result<()> {
     let config = match config {
         Some(path) => load_model_config(path)?,
-        None => XceptionConfig::default(),
+        None => ModelConfig::default(),
     };
     let summary = Summary::new(&config);
-    let model = Xception::new(&config, &device.device())?;
+    let model = Network::new(&config, &device.device())?;
     let counts = model.param_counts();
     if (counts.trainable, counts.non_trainable)
         != (summary.trainable_params, summary.non_trainable_params)
@@ -64,7 +64,7 @@ fn layer_row(out: &mut String, layer: &LayerSummary) {
     use std::fmt::Write;
     let _ = writeln!(
         out,
-        "  {:<18} {:<34} {:>14} {:>12} {:>16}",
+        "  {:<24} {:<38} {:>14} {:>12} {:>16}",
         layer.name,
         layer.op,
         shape(&layer.output),
@@ -73,40 +73,60 @@ fn layer_row(out: &mut String, layer: &LayerSummary) {
     );
 }
 
+/// The architecture and its fields in one line.
+fn title(config: &ModelConfig) -> String {
+    match config {
+        ModelConfig::Xception(c) => format!(
+            "Xception: {} classes, {}x{} input, residual {}, mid activation {}, {} middle blocks, \
+             width {}, dropout {}",
+            c.num_classes,
+            c.input_size,
+            c.input_size,
+            c.residual,
+            format!("{:?}", c.mid_activation).to_lowercase(),
+            c.middle_blocks,
+            c.width,
+            c.dropout
+        ),
+        ModelConfig::InceptionV3(c) => format!(
+            "Inception V3: {} classes, {}x{} input, width {}, dropout {}, BatchNorm scale {}, \
+             auxiliary classifier {}",
+            c.num_classes,
+            c.input_size,
+            c.input_size,
+            c.width,
+            c.dropout,
+            c.bn_scale,
+            if c.aux_logits {
+                format!("weight {}", c.aux_loss_weight)
+            } else {
+                "none".to_string()
+            }
+        ),
+    }
+}
+
 /// The human-readable table.
 pub fn render(summary: &Summary) -> String {
     use std::fmt::Write;
-    let c = &summary.config;
     let mut out = String::new();
+    let _ = writeln!(out, "{}\n", title(&summary.config));
     let _ = writeln!(
         out,
-        "Xception: {} classes, {}x{} input, residual {}, mid activation {}, {} middle blocks, \
-         width {}, dropout {}\n",
-        c.num_classes,
-        c.input_size,
-        c.input_size,
-        c.residual,
-        format!("{:?}", c.mid_activation).to_lowercase(),
-        c.middle_blocks,
-        c.width,
-        c.dropout
-    );
-    let _ = writeln!(
-        out,
-        "{:<20} {:<34} {:>14} {:>12} {:>16}",
+        "{:<26} {:<38} {:>14} {:>12} {:>16}",
         "layer", "operation", "output", "params", "multiply-adds"
     );
     let mut layers = summary.layers.iter().peekable();
     for block in &summary.blocks {
         let _ = writeln!(
             out,
-            "{:<55} {:>14} {:>12} {:>16}",
-            format!("{} ({:?} flow)", block.plan.name, block.plan.flow).to_lowercase(),
+            "{:<65} {:>14} {:>12} {:>16}",
+            format!("{} ({})", block.name, block.stage),
             shape(&block.output),
             grouped(block.params),
             grouped(block.macs)
         );
-        while let Some(layer) = layers.next_if(|l| l.block == block.plan.name) {
+        while let Some(layer) = layers.next_if(|l| l.block == block.name) {
             layer_row(&mut out, layer);
         }
     }
@@ -136,9 +156,13 @@ pub fn render(summary: &Summary) -> String {
         grouped(summary.macs),
         summary.macs as f64 / 1e9
     );
+    let note = match summary.config {
+        ModelConfig::Xception(_) => "  (plus the residual 1x1 convolutions)",
+        ModelConfig::InceptionV3(_) => "",
+    };
     let _ = writeln!(
         out,
-        "convolution layers        {:>15}  (plus the residual 1x1 convolutions)",
+        "convolution layers        {:>15}{note}",
         summary.conv_layers
     );
     out
@@ -158,7 +182,7 @@ mod tests {
 
     #[test]
     fn table_lists_every_layer_and_the_totals() {
-        let text = render(&Summary::new(&XceptionConfig::default()));
+        let text = render(&Summary::new(ModelConfig::default()));
         for needle in [
             "block1_conv1",
             "block14_sepconv2",

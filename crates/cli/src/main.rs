@@ -66,7 +66,7 @@ enum Command {
     Export {
         /// The checkpoint directory (runs/NAME/checkpoints/step-*), or any weights file.
         checkpoint: PathBuf,
-        /// safetensors (timm's legacy_xception names, PyTorch layouts) or burnpack.
+        /// safetensors (timm's names: legacy_xception or inception_v3, PyTorch layouts) or burnpack.
         #[arg(long, value_enum, default_value_t = ExportFormatArg::Safetensors)]
         format: ExportFormatArg,
         /// The file to write.
@@ -185,6 +185,10 @@ struct BenchArgs {
     /// The device for `--target inference`.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Flex)]
     device: DeviceChoice,
+    /// The architecture for `--target inference|train` (`model.arch`), at its published
+    /// width with 1000 classes.
+    #[arg(long, default_value = "xception", value_parser = xception_model::ARCHITECTURES)]
+    arch: String,
     /// Images per forward pass or step for `--target inference|train`.
     #[arg(long, default_value_t = 8)]
     batch: usize,
@@ -221,9 +225,9 @@ struct BenchArgs {
 enum BenchTarget {
     /// Decode, crop, flip and normalise JPEGs (the data loader).
     Data,
-    /// Forward passes of the paper's model at --size on --device.
+    /// Forward passes of --arch at --size on --device.
     Inference,
-    /// Full training steps (forward, backward, SGD) of the paper's model on --device.
+    /// Full training steps (forward, backward, SGD) of --arch on --device.
     Train,
     /// The sum of a whole gradient of the paper's model between the processes of an mpirun
     /// job (a binary built with --features mpi): `mpirun -np 2 xception bench --target
@@ -233,7 +237,7 @@ enum BenchTarget {
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum ExportFormatArg {
-    /// timm's legacy_xception names and PyTorch layouts.
+    /// timm's names (legacy_xception, inception_v3) and PyTorch layouts.
     Safetensors,
     /// Burn's native file.
     Burnpack,
@@ -241,9 +245,9 @@ enum ExportFormatArg {
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum ImportFrom {
-    /// timm's legacy_xception state dict.
+    /// timm's state dict (legacy_xception, inception_v3).
     Timm,
-    /// Keras' Xception weights.
+    /// Keras' weights (Xception, InceptionV3).
     Keras,
 }
 
@@ -435,12 +439,21 @@ fn bench_command(args: BenchArgs) -> Result<()> {
         repeats,
         ref out,
         json,
+        ref arch,
         ..
     } = args;
     let size = size as usize;
+    // The network --target inference|train measures (--size is the crop for --target data).
+    let model = || -> Result<xception_model::ModelConfig> {
+        let config = xception_model::ModelConfig::published(arch, 1000)
+            .map(|config| config.with_input_size(size))
+            .ok_or_else(|| anyhow::anyhow!("unknown --arch {arch}"))?;
+        config.validate()?;
+        Ok(config)
+    };
     match target {
         BenchTarget::Train => {
-            let result = bench::train_step(device, batch, size, warmup, repeats)?;
+            let result = bench::train_step(device, &model()?, batch, warmup, repeats)?;
             let memory = result
                 .peak_rss_mib
                 .map_or(String::new(), |m| format!(", peak memory {m:.0} MiB"));
@@ -450,7 +463,7 @@ fn bench_command(args: BenchArgs) -> Result<()> {
                 phases.forward, phases.backward, phases.update
             );
             let summary = rate_line(
-                "training step",
+                &format!("{arch} training step"),
                 &result.device,
                 (result.size, result.batch),
                 result.images_per_second,
@@ -476,9 +489,9 @@ fn bench_command(args: BenchArgs) -> Result<()> {
             emit_results(out, json, &result, &summary)
         }
         BenchTarget::Inference => {
-            let result = bench::inference(device, batch, size, warmup, repeats)?;
+            let result = bench::inference(device, &model()?, batch, warmup, repeats)?;
             let summary = rate_line(
-                "inference",
+                &format!("{arch} inference"),
                 &result.device,
                 (result.size, result.batch),
                 result.images_per_second,

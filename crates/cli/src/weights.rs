@@ -52,11 +52,13 @@ pub fn export(
     if format == ExportFormat::Safetensors && !json {
         if summary.timm_loadable {
             println!(
-                "loads into timm.create_model('legacy_xception', num_classes=N) with strict=True; check with scripts/timm_predict.py"
+                "loads into {} with strict=True; check with scripts/timm_predict.py",
+                summary.timm_model
             );
         } else {
             println!(
-                "note: this variant (width, middle blocks, residual or mid activation differ from the paper) has timm's names but does not fit timm's fixed legacy_xception"
+                "note: this variant (its width or blocks differ from the published model) has timm's names but does not fit {}",
+                summary.timm_model
             );
         }
     }
@@ -145,12 +147,12 @@ pub fn eval(args: EvalArgs) -> Result<()> {
             ..DatasetOptions::default()
         },
     )?;
-    if dataset.classes.len() != loaded.config.num_classes {
+    if dataset.classes.len() != loaded.config.num_classes() {
         bail!(
             "{} has {} classes but the model has {} outputs",
             args.data.display(),
             dataset.classes.len(),
-            loaded.config.num_classes
+            loaded.config.num_classes()
         );
     }
     if !args.by_index {
@@ -170,7 +172,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
             shuffle: false,
             drop_last: false,
             transform: Transform::Eval {
-                size: loaded.config.input_size as u32,
+                size: loaded.config.input_size() as u32,
                 crop_pct,
             },
         },
@@ -259,7 +261,7 @@ pub fn predict(
     if !(crop_pct > 0.0 && crop_pct <= 1.0) {
         bail!("--crop-pct must be in (0, 1], got {crop_pct}");
     }
-    let size = loaded.config.input_size;
+    let size = loaded.config.input_size();
     let transform = Transform::Eval {
         size: size as u32,
         crop_pct,

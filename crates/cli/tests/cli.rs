@@ -290,7 +290,7 @@ fn bench_times_training_steps_and_reports_memory() {
         &out_arg,
     ]);
     assert!(output.status.success(), "{}", stderr(&output));
-    assert!(stdout(&output).contains("training step, flex at 71x71, batch 2"));
+    assert!(stdout(&output).contains("xception training step, flex at 71x71, batch 2"));
     let result: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&out).expect("written")).expect("JSON");
     assert_eq!(result["seconds"].as_array().expect("timings").len(), 2);

@@ -197,7 +197,13 @@ pub fn head_layers(features: usize, classes: usize, dropout: f64) -> Vec<LayerSu
         macs,
     };
     vec![
-        layer("avg_pool", "global average pool".into(), vec![features], 0, 0),
+        layer(
+            "avg_pool",
+            "global average pool".into(),
+            vec![features],
+            0,
+            0,
+        ),
         layer(
             "predictions",
             format!("dropout {dropout} + dense"),

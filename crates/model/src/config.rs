@@ -73,7 +73,9 @@ pub enum ConfigError {
     #[error("model.num_classes must be at least 1, got {0}")]
     NoClasses(usize),
     /// `model.input_size` is below the architecture's minimum.
-    #[error("model.input_size must be at least {minimum} for this architecture (as in Keras), got {got}")]
+    #[error(
+        "model.input_size must be at least {minimum} for this architecture (as in Keras), got {got}"
+    )]
     InputTooSmall {
         /// The architecture's smallest input.
         minimum: usize,

@@ -314,11 +314,21 @@ pub fn timm_compatible(config: &ModelConfig) -> bool {
     }
 }
 
-/// timm's name of the architecture `config` describes.
-pub fn timm_model_name(config: &ModelConfig) -> &'static str {
+/// The call that builds timm's model for weights of `config` (strict load).
+pub fn timm_create_call(config: &ModelConfig) -> String {
+    let classes = config.num_classes();
     match config {
-        ModelConfig::Xception(_) => "legacy_xception",
-        ModelConfig::InceptionV3(_) => "inception_v3",
+        ModelConfig::Xception(_) => {
+            format!("timm.create_model('legacy_xception', num_classes={classes})")
+        }
+        ModelConfig::InceptionV3(c) => format!(
+            "timm.create_model('inception_v3', num_classes={classes}{})",
+            if c.aux_logits {
+                ", aux_logits=True"
+            } else {
+                ""
+            }
+        ),
     }
 }
 
@@ -498,11 +508,7 @@ fn values_of(key: &str, data: &TensorData) -> Result<Vec<f32>, InteropError> {
 
 /// The model's tensors under `format`'s names and layouts, in network order (tensors the
 /// format has no name for are left out).
-pub fn export(
-    model: &Network,
-    config: &ModelConfig,
-    format: Format,
-) -> Vec<(String, TensorData)> {
+pub fn export(model: &Network, config: &ModelConfig, format: Format) -> Vec<(String, TensorData)> {
     let mut gather = Gather::default();
     model.visit(&mut gather);
     slots(config)

@@ -102,6 +102,16 @@ impl ModelConfig {
         config
     }
 
+    /// The same model for `size` x `size` inputs.
+    pub fn with_input_size(&self, size: usize) -> Self {
+        let mut config = self.clone();
+        match &mut config {
+            Self::Xception(config) => config.input_size = size,
+            Self::InceptionV3(config) => config.input_size = size,
+        }
+        config
+    }
+
     /// Side of the square input.
     pub fn input_size(&self) -> usize {
         match self {
@@ -121,18 +131,33 @@ impl ModelConfig {
         Some(config.with_num_classes(classes))
     }
 
-    /// The fields that change the network's shape (not its training), for comparing an
-    /// `init_from` checkpoint's model with this one.
+    /// The fields that change the network's feature extractor (not its classifiers or its
+    /// training), for comparing an `init_from` checkpoint's model with this one.
     pub fn shape_fields(&self) -> String {
         match self {
             Self::Xception(c) => format!(
                 "xception width {} middle_blocks {} residual {} mid_activation {:?}",
                 c.width, c.middle_blocks, c.residual, c.mid_activation
             ),
-            Self::InceptionV3(c) => format!(
-                "inception_v3 width {} bn_scale {} aux_logits {}",
-                c.width, c.bn_scale, c.aux_logits
-            ),
+            Self::InceptionV3(c) => {
+                format!("inception_v3 width {} bn_scale {}", c.width, c.bn_scale)
+            }
+        }
+    }
+
+    /// Path prefixes of the layers whose shape follows `num_classes` (the classifiers).
+    pub fn classifier_paths(&self) -> &'static [&'static str] {
+        match self {
+            Self::Xception(_) => &["predictions."],
+            Self::InceptionV3(_) => &["fc.", "aux_logits.fc."],
+        }
+    }
+
+    /// Path prefix of the auxiliary classifier, when the architecture can have one.
+    pub fn aux_path(&self) -> Option<&'static str> {
+        match self {
+            Self::Xception(_) => None,
+            Self::InceptionV3(_) => Some("aux_logits."),
         }
     }
 

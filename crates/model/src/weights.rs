@@ -6,9 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use burn::store::{
-    BurnpackStore, ModuleStore, PytorchStore, SafetensorsStore, bridge, burn_pack,
-};
+use burn::store::{BurnpackStore, ModuleStore, PytorchStore, SafetensorsStore, bridge, burn_pack};
 use burn::tensor::{DType, Device, TensorData};
 use serde::{Deserialize, Serialize};
 
@@ -368,6 +366,8 @@ pub struct ExportSummary {
     pub tensors: usize,
     /// Whether timm's model (`legacy_xception`, `inception_v3`) can load it with `strict=True`.
     pub timm_loadable: bool,
+    /// The timm call that builds the model it fits (`timm.create_model('inception_v3', ...)`).
+    pub timm_model: String,
     /// The metadata written.
     pub metadata: BTreeMap<String, String>,
     /// Lines for the user about conversions made on the way.
@@ -421,6 +421,7 @@ pub fn write(
         out: out.to_path_buf(),
         tensors,
         timm_loadable: format == ExportFormat::Safetensors && interop::timm_compatible(config),
+        timm_model: interop::timm_create_call(config),
         metadata,
         notes: Vec::new(),
     })

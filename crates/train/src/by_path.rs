@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::Tensor;
+use xception_model::path::ModulePath;
 
 /// Every float tensor of `module` by path: its current value, detached, without autodiff,
 /// flattened.
@@ -20,50 +21,50 @@ pub fn floats<M: Module>(module: &M) -> HashMap<String, Tensor<1>> {
 /// autodiff and its gradient requirement.
 pub fn map_floats<M: Module>(module: M, f: impl FnMut(&str, Tensor<1>) -> Tensor<1>) -> M {
     module.map(&mut MapFloats {
-        path: Vec::new(),
+        path: ModulePath::default(),
         f,
     })
 }
 
 #[derive(Default)]
 struct Collect {
-    path: Vec<String>,
+    path: ModulePath,
     values: HashMap<String, Tensor<1>>,
 }
 
 impl ModuleVisitor for Collect {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.enter(name, container_type);
     }
 
     fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
+        self.path.exit();
     }
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         let value = param.val().detach().without_autodiff();
         let elements = value.shape().num_elements();
         self.values
-            .insert(self.path.join("."), value.reshape([elements]));
+            .insert(self.path.current(), value.reshape([elements]));
     }
 }
 
 struct MapFloats<F> {
-    path: Vec<String>,
+    path: ModulePath,
     f: F,
 }
 
 impl<F: FnMut(&str, Tensor<1>) -> Tensor<1>> ModuleMapper for MapFloats<F> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.enter(name, container_type);
     }
 
     fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
+        self.path.exit();
     }
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let path = self.path.join(".");
+        let path = self.path.current();
         param.map(|tensor| {
             let dims = tensor.dims();
             let (autodiff, require_grad) = (tensor.is_autodiff(), tensor.is_require_grad());

@@ -185,7 +185,10 @@ pub fn write<M: Module + ModuleSnapshot>(
 fn save_module<M: ModuleSnapshot>(module: &M, path: &Path) -> Result<(), CheckpointError> {
     // One metadata entry: the safetensors header lists a map's entries in its hash order, which
     // changes from process to process, and identical state must give identical files.
+    // The architecture enum adds no path component (checkpoints of either model keep their
+    // own paths, as `xception_model::path` has them).
     let mut store = SafetensorsStore::from_file(path)
+        .skip_enum_variants(true)
         .clear_metadata()
         .metadata("format", "xception-burn");
     module
@@ -269,7 +272,7 @@ pub fn load_module<M: Module + ModuleSnapshot>(
     if !path.is_file() {
         return Err(corrupt(path, "missing"));
     }
-    let mut store = SafetensorsStore::from_file(path);
+    let mut store = SafetensorsStore::from_file(path).skip_enum_variants(true);
     let result = module
         .load_from(&mut store)
         .map_err(|e| corrupt(path, e.to_string()))?;

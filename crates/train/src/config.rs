@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use xception_data::{Layout, RandomResizedCrop, SynthOptions};
-use xception_model::XceptionConfig;
+use xception_model::ModelConfig;
 
 use crate::schedule::Schedule;
 
@@ -151,6 +151,14 @@ pub struct TrainingConfig {
     pub init_from: Option<PathBuf>,
     /// Train only the classifier for this many epochs first (the rest is frozen).
     pub freeze_epochs: u32,
+    /// Label smoothing of the cross-entropy (Inception V3's recipe used 0.1), any model.
+    /// Written only when set, so configs without it keep their hash.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub label_smoothing: f64,
+}
+
+fn is_zero(value: &f64) -> bool {
+    *value == 0.0
 }
 
 impl Default for TrainingConfig {
@@ -167,6 +175,7 @@ impl Default for TrainingConfig {
             eval_every_epochs: 1,
             init_from: None,
             freeze_epochs: 0,
+            label_smoothing: 0.0,
         }
     }
 }
@@ -218,7 +227,7 @@ impl Default for LoggingConfig {
 pub struct TrainConfig {
     /// The network.
     #[serde(default)]
-    pub model: XceptionConfig,
+    pub model: ModelConfig,
     /// The data.
     #[serde(default)]
     pub data: DataConfig,
@@ -409,6 +418,12 @@ impl TrainConfig {
                 );
             }
         }
+        if !(0.0..1.0).contains(&self.training.label_smoothing) {
+            return field(
+                "training.label_smoothing",
+                format!("must be in [0, 1), got {}", self.training.label_smoothing),
+            );
+        }
         if let Some(decay) = self.training.ema_decay
             && !(0.0..1.0).contains(&decay)
         {
@@ -473,6 +488,15 @@ impl TrainConfig {
             .collect()
     }
 
+    /// How the training loss is made: label smoothing, and the auxiliary classifier's weight.
+    pub fn loss_spec(&self) -> crate::parallel::LossSpec {
+        crate::parallel::LossSpec {
+            label_smoothing: (self.training.label_smoothing > 0.0)
+                .then_some(self.training.label_smoothing as f32),
+            aux_weight: self.model.aux_loss_weight(),
+        }
+    }
+
     /// A stable hash of every field (FNV-1a of the flattened fields).
     pub fn hash(&self) -> String {
         let mut hash = crate::distributed::Fnv1a::default();
@@ -530,7 +554,7 @@ mod tests {
     #[test]
     fn an_empty_file_is_the_papers_imagenet_recipe() {
         let config = parse("", &[]).expect("valid");
-        assert_eq!(config.model, XceptionConfig::default());
+        assert_eq!(config.model, ModelConfig::default());
         assert_eq!(config.schedule, Schedule::paper_imagenet());
         assert_eq!(config.optimizer, OptimizerConfig::default());
     }
@@ -609,7 +633,7 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(config.data.batch_size, 16);
-        assert_eq!(config.model.num_classes, 10);
+        assert_eq!(config.model.num_classes(), 10);
         assert_eq!(config.training.device, "ndarray");
         assert_eq!(config.data.root, PathBuf::from("/tmp/x"));
         assert_eq!(config.schedule.lr, 0.1);
@@ -707,7 +731,7 @@ mod preset_tests {
     #[test]
     fn paper_imagenet_is_the_papers_recipe() {
         let config = preset("paper-imagenet.toml");
-        assert_eq!(config.model, XceptionConfig::default());
+        assert_eq!(config.model, ModelConfig::default());
         assert_eq!(config.schedule, Schedule::paper_imagenet());
         assert_eq!(
             config.optimizer,
@@ -726,7 +750,11 @@ mod preset_tests {
     #[test]
     fn paper_jft_is_rmsprop_without_dropout() {
         let config = preset("paper-jft-rmsprop.toml");
-        assert_eq!(config.model.dropout, 0.0);
+        assert!(
+            matches!(&config.model, ModelConfig::Xception(model) if model.dropout == 0.0),
+            "{:?}",
+            config.model
+        );
         assert!(
             matches!(config.optimizer, OptimizerConfig::Rmsprop { momentum, .. } if momentum == 0.9)
         );

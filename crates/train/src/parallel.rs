@@ -27,7 +27,7 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use xception_data::HostBatch;
-use xception_model::Xception;
+use xception_model::Network;
 
 use crate::by_path;
 use crate::distributed::{Collective, CollectiveError};
@@ -102,10 +102,40 @@ pub fn combine(shares: Vec<ShareOutput>) -> Option<Combined> {
 
 /// What one device is asked to compute.
 struct Job {
-    model: Xception,
+    model: Network,
     batch: HostBatch,
     seed: u64,
     frozen: bool,
+}
+
+/// How the training loss is made from the network's outputs.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LossSpec {
+    /// Label smoothing of the cross-entropy (`training.label_smoothing`), when not zero.
+    pub label_smoothing: Option<f32>,
+    /// Weight of the auxiliary classifier's cross-entropy, for a network that has one.
+    pub aux_weight: Option<f64>,
+}
+
+impl LossSpec {
+    /// The cross-entropy of `logits` (and of `aux`, weighted) against `labels`.
+    pub fn loss(
+        &self,
+        logits: Tensor<2>,
+        aux: Option<Tensor<2>>,
+        labels: Tensor<1, Int>,
+    ) -> Tensor<1> {
+        let cross_entropy = CrossEntropyLossConfig::new()
+            .with_smoothing(self.label_smoothing)
+            .init(&logits.device());
+        let loss = cross_entropy.forward(logits, labels.clone());
+        match (aux, self.aux_weight) {
+            (Some(aux), Some(weight)) => {
+                loss + cross_entropy.forward(aux, labels).mul_scalar(weight)
+            }
+            _ => loss,
+        }
+    }
 }
 
 /// A device other than the first, with its thread.
@@ -119,6 +149,14 @@ struct Worker {
 pub struct DataParallel {
     devices: Vec<Device>,
     workers: Vec<Worker>,
+    loss: LossSpec,
+}
+
+/// What every device needs besides its job.
+#[derive(Clone)]
+struct ShareContext {
+    loss: LossSpec,
+    main: Device,
 }
 
 impl DataParallel {
@@ -126,7 +164,7 @@ impl DataParallel {
     ///
     /// # Panics
     /// When `devices` is empty.
-    pub fn new(devices: &[Device]) -> Self {
+    pub fn new(devices: &[Device], loss: LossSpec) -> Self {
         assert!(
             !devices.is_empty(),
             "DataParallel needs at least one device"
@@ -136,9 +174,19 @@ impl DataParallel {
         let workers = devices[1..]
             .iter()
             .enumerate()
-            .map(|(index, device)| spawn_worker(index + 1, device.clone(), main.clone()))
+            .map(|(index, device)| {
+                let context = ShareContext {
+                    loss,
+                    main: main.clone(),
+                };
+                spawn_worker(index + 1, device.clone(), context)
+            })
             .collect();
-        Self { devices, workers }
+        Self {
+            devices,
+            workers,
+            loss,
+        }
     }
 
     /// How many devices share each batch.
@@ -161,7 +209,7 @@ impl DataParallel {
     /// shares left out). With one device the work stays on the calling thread.
     pub fn forward_backward(
         &self,
-        model: &Xception,
+        model: &Network,
         batch: HostBatch,
         frozen: bool,
         seed_of: impl Fn(usize) -> u64,
@@ -195,13 +243,17 @@ impl DataParallel {
             // With one device the model trains in place; with several, device 0 trains a
             // replica too, so that only the combined statistics reach the model.
             let own_model = if alone { model.clone() } else { replica(model) };
+            let context = ShareContext {
+                loss: self.loss,
+                main: device.clone(),
+            };
             Some(compute_share(
                 &own_model,
                 own,
                 seed_of(0),
                 frozen,
                 device,
-                device,
+                &context,
                 alone,
             ))
         };
@@ -232,13 +284,13 @@ impl DataParallel {
 
 /// A copy of `model` for one device's share: the same parameters (ids and values), and
 /// BatchNorm running statistics of its own, so that its updates reach nothing else.
-fn replica(model: &Xception) -> Xception {
+fn replica(model: &Network) -> Network {
     model.valid().train()
 }
 
 /// The BatchNorm running statistics (`running_mean`, `running_var`) of a module, by path.
 /// Read from `valid()`, which folds the pending per-thread updates in.
-fn running_stats(module: &Xception) -> Vec<(String, Tensor<1>)> {
+fn running_stats(module: &Network) -> Vec<(String, Tensor<1>)> {
     by_path::floats(&module.valid())
         .into_iter()
         .filter(|(path, _)| {
@@ -251,7 +303,7 @@ fn running_stats(module: &Xception) -> Vec<(String, Tensor<1>)> {
 
 /// Writes into `model`'s BatchNorm running statistics the mean of the shares', summed in
 /// device order (the order of `outputs`), so the result is the same on every run.
-fn set_running_means(model: &Xception, outputs: &[ShareOutput]) {
+fn set_running_means(model: &Network, outputs: &[ShareOutput]) {
     let shares = outputs.len();
     let mut sums: HashMap<String, Tensor<1>> = HashMap::new();
     for output in outputs {
@@ -276,7 +328,7 @@ fn set_running_means(model: &Xception, outputs: &[ShareOutput]) {
 /// whose share of the batch was empty (`trained` false: every file bad) is left out of the
 /// mean, as an empty device is.
 pub fn average_running_stats(
-    model: &Xception,
+    model: &Network,
     world: &dyn Collective,
     trained: bool,
 ) -> Result<(), CollectiveError> {
@@ -327,7 +379,7 @@ impl Drop for DataParallel {
     }
 }
 
-fn spawn_worker(index: usize, device: Device, main: Device) -> Worker {
+fn spawn_worker(index: usize, device: Device, context: ShareContext) -> Worker {
     let (jobs, inbox) = channel::<Job>();
     let (outbox, results) = channel();
     let handle = std::thread::Builder::new()
@@ -336,7 +388,7 @@ fn spawn_worker(index: usize, device: Device, main: Device) -> Worker {
             for job in inbox {
                 let output = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     compute_share(
-                        &job.model, job.batch, job.seed, job.frozen, &device, &main, false,
+                        &job.model, job.batch, job.seed, job.frozen, &device, &context, false,
                     )
                 }))
                 .map_err(|panic| {
@@ -362,31 +414,32 @@ fn spawn_worker(index: usize, device: Device, main: Device) -> Worker {
 
 /// Forward and backward of one share on `device`; the results are moved to `main`.
 fn compute_share(
-    model: &Xception,
+    model: &Network,
     batch: HostBatch,
     seed: u64,
     frozen: bool,
     device: &Device,
-    main: &Device,
+    context: &ShareContext,
     alone: bool,
 ) -> ShareOutput {
+    let main = &context.main;
     let images = batch.len();
     // The labels reach the main device from the host: devices' integer types differ.
     let host_labels = TensorData::new(batch.labels.clone(), [images]);
     let (inputs, labels) = batch.into_device(device);
-    let loss_fn = CrossEntropyLossConfig::new().init(device);
     let forward = || {
         device.seed(seed);
-        let logits = if frozen {
+        let (logits, aux) = if frozen {
             // Only the classifier learns, and the frozen layers run as at inference: BatchNorm
             // normalises with its running statistics and leaves them as they are, as Keras
-            // runs a frozen base when fine-tuning. No gradient flows into the features.
+            // runs a frozen base when fine-tuning. No gradient flows into the features (nor
+            // into an auxiliary classifier, which reads them).
             let features = model.valid().forward_features(inputs.inner()).autodiff();
-            model.classify(features)
+            (model.classify(features), None)
         } else {
-            model.forward(inputs)
+            model.forward_with_aux(inputs)
         };
-        let loss = loss_fn.forward(logits.clone(), labels.clone());
+        let loss = context.loss.loss(logits.clone(), aux, labels.clone());
         (logits, loss)
     };
     let (logits, loss) = if alone {

@@ -15,7 +15,7 @@ use xception_model::weights::{
     WeightsFileError,
 };
 pub use xception_model::weights::{ExportFormat, ExportSummary};
-use xception_model::{ConfigError, Xception, XceptionConfig};
+use xception_model::{ConfigError, ModelConfig, Network};
 
 use crate::checkpoint::{self, Checkpoint, CheckpointError};
 use crate::config::{ConfigFileError, TrainConfig};
@@ -26,9 +26,9 @@ pub const CLASSES_FILE: &str = "classes.json";
 /// A model read from a weights file, ready for inference.
 pub struct Weights {
     /// The network (inference mode).
-    pub model: Xception,
+    pub model: Network,
     /// Its configuration.
-    pub config: XceptionConfig,
+    pub config: ModelConfig,
     /// Class names, by class index.
     pub classes: Vec<ClassInfo>,
     /// Where the weights came from, in words.
@@ -107,7 +107,7 @@ fn checkpoint_info(dir: &Path) -> Result<CheckpointInfo, WeightsError> {
             std::fs::read_to_string(&classes_path).map_err(|e| unreadable(&classes_path, e))?;
         serde_json::from_str(&text).map_err(|e| unreadable(&classes_path, e))?
     } else {
-        default_classes(config.model.num_classes)
+        default_classes(config.model.num_classes())
     };
     Ok(CheckpointInfo {
         checkpoint,
@@ -138,7 +138,7 @@ fn classes_of(path: &Path, file: &WeightsFile) -> Result<Vec<ClassInfo>, Weights
         Some(text) => {
             serde_json::from_str(text).map_err(|e| unreadable(path, format!("{META_CLASSES}: {e}")))
         }
-        None => Ok(default_classes(file.config.num_classes)),
+        None => Ok(default_classes(file.config.num_classes())),
     }
 }
 
@@ -194,7 +194,7 @@ pub fn load(path: &Path, ema: bool, device: &Device) -> Result<Weights, WeightsE
     };
     let info = checkpoint_info(&dir)?;
     let file = checkpoint_weights_file(&info, ema)?;
-    let model = Xception::new(&info.config.model, device)?;
+    let model = Network::new(&info.config.model, device)?;
     let model = checkpoint::load_module(model, &file)?;
     let best = info.checkpoint.state.best.as_ref();
     let which = match best {

@@ -7,7 +7,7 @@
 
 use burn::module::Module;
 use burn::tensor::{Device, TensorData};
-use xception_model::{Xception, interop};
+use xception_model::{Network, interop};
 use xception_train::parallel::DataParallel;
 
 mod common;
@@ -115,8 +115,8 @@ fn frozen_step_keeps_statistics(devices: &[Device]) {
             *data = TensorData::new(values, data.shape().to_vec());
         }
     }
-    let parallel = DataParallel::new(devices);
-    let model = Xception::new(&model_config(), parallel.main_device()).expect("model");
+    let parallel = DataParallel::new(devices, Default::default());
+    let model = Network::new(&model_config(), parallel.main_device()).expect("model");
     let model = interop::assign(model, weights.clone()).expect("the same shapes");
     let shares = parallel
         .forward_backward(

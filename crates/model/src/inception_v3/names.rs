@@ -23,7 +23,12 @@ fn conv_slots(slots: &mut Vec<Slot>, burn: &str, timm: &str, keras: Option<usize
         (gamma, "gamma", "weight", "gamma"),
         (Kind::Beta, "beta", "bias", "beta"),
         (Kind::Mean, "running_mean", "running_mean", "moving_mean"),
-        (Kind::Variance, "running_var", "running_var", "moving_variance"),
+        (
+            Kind::Variance,
+            "running_var",
+            "running_var",
+            "moving_variance",
+        ),
     ] {
         // Without a scale the model has no gamma: timm's `bn.weight` is all ones (written as
         // such, checked on import), and Keras has no `gamma` at all.

@@ -146,13 +146,29 @@ impl Convs<'_> {
     /// A stride-1 'same' convolution inside a block.
     fn same(&mut self, field: &'static str, in_channels: usize, out: usize, kernel: [usize; 2]) {
         let size = self.input_size;
-        self.add((field, field), in_channels, out, kernel, 1, Padding::Same, size);
+        self.add(
+            (field, field),
+            in_channels,
+            out,
+            kernel,
+            1,
+            Padding::Same,
+            size,
+        );
     }
 
     /// A 3x3 stride-2 valid convolution (the reductions' last step).
     fn reduce(&mut self, field: &'static str, in_channels: usize, out: usize) {
         let size = self.input_size;
-        self.add((field, field), in_channels, out, [3, 3], 2, Padding::Valid, size);
+        self.add(
+            (field, field),
+            in_channels,
+            out,
+            [3, 3],
+            2,
+            Padding::Valid,
+            size,
+        );
     }
 
     fn out(&self, field: &str) -> usize {
@@ -171,12 +187,52 @@ fn stem(config: &InceptionV3Config) -> (Vec<ConvPlan>, usize) {
     };
     let ch = |c| config.channels(c);
     let (v, s) = (Padding::Valid, Padding::Same);
-    let size = convs.add(("conv_1a_3x3", "Conv2d_1a_3x3"), 3, 32, [3, 3], 2, v, config.input_size);
-    let size = convs.add(("conv_2a_3x3", "Conv2d_2a_3x3"), ch(32), 32, [3, 3], 1, v, size);
-    let size = convs.add(("conv_2b_3x3", "Conv2d_2b_3x3"), ch(32), 64, [3, 3], 1, s, size);
+    let size = convs.add(
+        ("conv_1a_3x3", "Conv2d_1a_3x3"),
+        3,
+        32,
+        [3, 3],
+        2,
+        v,
+        config.input_size,
+    );
+    let size = convs.add(
+        ("conv_2a_3x3", "Conv2d_2a_3x3"),
+        ch(32),
+        32,
+        [3, 3],
+        1,
+        v,
+        size,
+    );
+    let size = convs.add(
+        ("conv_2b_3x3", "Conv2d_2b_3x3"),
+        ch(32),
+        64,
+        [3, 3],
+        1,
+        s,
+        size,
+    );
     let size = pool_size(size);
-    let size = convs.add(("conv_3b_1x1", "Conv2d_3b_1x1"), ch(64), 80, [1, 1], 1, v, size);
-    let size = convs.add(("conv_4a_3x3", "Conv2d_4a_3x3"), ch(80), 192, [3, 3], 1, v, size);
+    let size = convs.add(
+        ("conv_3b_1x1", "Conv2d_3b_1x1"),
+        ch(64),
+        80,
+        [1, 1],
+        1,
+        v,
+        size,
+    );
+    let size = convs.add(
+        ("conv_4a_3x3", "Conv2d_4a_3x3"),
+        ch(80),
+        192,
+        [3, 3],
+        1,
+        v,
+        size,
+    );
     (convs.convs, pool_size(size))
 }
 
@@ -329,9 +385,25 @@ pub fn aux_convs(config: &InceptionV3Config, in_channels: usize) -> Vec<ConvPlan
         input_size: pooled,
         convs: Vec::new(),
     };
-    convs.add(("conv0", "conv0"), in_channels, 128, [1, 1], 1, Padding::Valid, pooled);
+    convs.add(
+        ("conv0", "conv0"),
+        in_channels,
+        128,
+        [1, 1],
+        1,
+        Padding::Valid,
+        pooled,
+    );
     let c = config.channels(128);
-    convs.add(("conv1", "conv1"), c, 768, [5, 5], 1, Padding::Valid, pooled);
+    convs.add(
+        ("conv1", "conv1"),
+        c,
+        768,
+        [5, 5],
+        1,
+        Padding::Valid,
+        pooled,
+    );
     convs.convs
 }
 
@@ -376,23 +448,39 @@ fn pool_layer(block: &str, name: &str, op: &str, output: [usize; 3]) -> LayerSum
 
 fn block_layers(block: &BlockPlan, bn_scale: bool) -> Vec<LayerSummary> {
     let name = block.name.as_str();
-    let mut layers: Vec<LayerSummary> =
-        block.convs.iter().map(|c| conv_layer(name, c, bn_scale)).collect();
+    let mut layers: Vec<LayerSummary> = block
+        .convs
+        .iter()
+        .map(|c| conv_layer(name, c, bn_scale))
+        .collect();
     let max_pool = "maxpool 3x3/2 valid";
     match block.kind {
         BlockKind::Stem => {
             let first = &block.convs[2];
             let pooled = pool_size(first.output_size);
-            let pool1 = pool_layer(name, "pool1", max_pool, [first.out_channels, pooled, pooled]);
+            let pool1 = pool_layer(
+                name,
+                "pool1",
+                max_pool,
+                [first.out_channels, pooled, pooled],
+            );
             layers.insert(3, pool1);
             let size = block.output_size;
-            layers.push(pool_layer(name, "pool2", max_pool, [block.out_channels, size, size]));
+            layers.push(pool_layer(
+                name,
+                "pool2",
+                max_pool,
+                [block.out_channels, size, size],
+            ));
         }
         BlockKind::A { .. } | BlockKind::C { .. } | BlockKind::E => {
             let pool = "avgpool 3x3/1 same (padding excluded)";
             let at = layers.len() - 1;
             let size = block.output_size;
-            layers.insert(at, pool_layer(name, "avg_pool", pool, [block.in_channels, size, size]));
+            layers.insert(
+                at,
+                pool_layer(name, "avg_pool", pool, [block.in_channels, size, size]),
+            );
         }
         BlockKind::B | BlockKind::D => {
             let size = block.output_size;
@@ -431,8 +519,14 @@ pub fn summary(config: &InceptionV3Config) -> Summary {
             BlockKind::E => "module E".into(),
         };
         let size = block.output_size;
-        add_block(&block.name, stage, block.in_channels, block.out_channels, size,
-            block_layers(block, config.bn_scale));
+        add_block(
+            &block.name,
+            stage,
+            block.in_channels,
+            block.out_channels,
+            size,
+            block_layers(block, config.bn_scale),
+        );
     }
     let features = plan.last().map_or(0, |b| b.out_channels);
     let classes = config.num_classes;
@@ -443,7 +537,12 @@ pub fn summary(config: &InceptionV3Config) -> Summary {
             .map_or(0, |b| b.out_channels);
         let convs = aux_convs(config, grid_channels);
         let pooled = convs[0].output_size;
-        let mut aux = vec![pool_layer("aux", "avg_pool", "avgpool 5x5/3 valid", [grid_channels, pooled, pooled])];
+        let mut aux = vec![pool_layer(
+            "aux",
+            "avg_pool",
+            "avgpool 5x5/3 valid",
+            [grid_channels, pooled, pooled],
+        )];
         aux.extend(convs.iter().map(|c| conv_layer("aux", c, config.bn_scale)));
         let hidden = convs[1].out_channels;
         let dense = (hidden * classes) as u64;
@@ -456,7 +555,14 @@ pub fn summary(config: &InceptionV3Config) -> Summary {
             non_trainable_params: 0,
             macs: dense,
         });
-        add_block("aux", "auxiliary classifier".into(), grid_channels, classes, 1, aux);
+        add_block(
+            "aux",
+            "auxiliary classifier".into(),
+            grid_channels,
+            classes,
+            1,
+            aux,
+        );
     }
     let head = crate::architecture::head_layers(features, classes, config.dropout);
     Summary::from_layers(

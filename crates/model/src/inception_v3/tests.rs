@@ -119,13 +119,19 @@ fn smallest_input_runs_and_the_aux_head_needs_299() {
         input_size: 74,
         ..small()
     };
-    assert_eq!(too_small.validate().map_err(|e| e.field()), Err("model.input_size"));
+    assert_eq!(
+        too_small.validate().map_err(|e| e.field()),
+        Err("model.input_size")
+    );
     let aux = InceptionV3Config {
         aux_logits: true,
         input_size: 298,
         ..small()
     };
-    assert_eq!(aux.validate().map_err(|e| e.field()), Err("model.aux_logits"));
+    assert_eq!(
+        aux.validate().map_err(|e| e.field()),
+        Err("model.aux_logits")
+    );
     assert_eq!(super::aux_grid(299), 17);
 }
 
@@ -138,7 +144,10 @@ fn keras_names_follow_creation_order() {
     };
     assert_eq!(
         keras("stem.conv_1a_3x3.conv.weight"),
-        (Some("conv2d/kernel".into()), "Conv2d_1a_3x3.conv.weight".into())
+        (
+            Some("conv2d/kernel".into()),
+            "Conv2d_1a_3x3.conv.weight".into()
+        )
     );
     // mixed0 starts after the stem's five convolutions; its pool branch is its 7th.
     assert_eq!(
@@ -148,7 +157,10 @@ fn keras_names_follow_creation_order() {
             "Mixed_5b.branch_pool.bn.running_var".into()
         )
     );
-    assert_eq!(keras("mixed_7c.branch_pool.conv.weight").0, Some("conv2d_93/kernel".into()));
+    assert_eq!(
+        keras("mixed_7c.branch_pool.conv.weight").0,
+        Some("conv2d_93/kernel".into())
+    );
     assert_eq!(keras("fc.weight").0, Some("predictions/kernel".into()));
     let conv_count = plan(&InceptionV3Config::default())
         .iter()
@@ -194,8 +206,9 @@ fn export_then_import_gives_the_same_tensors() {
         let source = Network::new(&config, &device).expect("model");
         let original = interop::tensors_by_path(&source);
         for format in [Format::Timm, Format::Keras] {
-            let exported: BTreeMap<String, TensorData> =
-                interop::export(&source, &config, format).into_iter().collect();
+            let exported: BTreeMap<String, TensorData> = interop::export(&source, &config, format)
+                .into_iter()
+                .collect();
             let fresh = Network::new(&config, &device).expect("model");
             let imported = interop::import(fresh, &config, format, exported).expect("fits");
             let imported = interop::tensors_by_path(&imported);
@@ -216,10 +229,15 @@ fn a_scale_other_than_one_needs_bn_scale() {
     let config = ModelConfig::InceptionV3(small());
     let source = Network::new(&config, &device).expect("model");
     let mut exported: BTreeMap<String, TensorData> =
-        interop::export(&source, &config, Format::Timm).into_iter().collect();
+        interop::export(&source, &config, Format::Timm)
+            .into_iter()
+            .collect();
     let key = "Mixed_6a.branch3x3.bn.weight".to_string();
     let channels = exported[&key].shape()[0];
-    exported.insert(key.clone(), TensorData::new(vec![0.5f32; channels], [channels]));
+    exported.insert(
+        key.clone(),
+        TensorData::new(vec![0.5f32; channels], [channels]),
+    );
     let fresh = Network::new(&config, &device).expect("model");
     let error = interop::import(fresh, &config, Format::Timm, exported)
         .err()

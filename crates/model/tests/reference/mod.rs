@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use xception_model::interop::{self, Format};
-use xception_model::{Xception, XceptionConfig};
+use xception_model::{InceptionV3Config, ModelConfig, Network, XceptionConfig};
 
 fn fnv1a(text: &str) -> u64 {
     let mut hash: u32 = 0x811c_9dc5;
@@ -25,9 +25,18 @@ fn splitmix64(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// The moving variance's centre and spread for `config`'s architecture (`VARIANCE` in the
+/// script): Inception V3 has no BatchNorm scale, and needs a gain near one per layer.
+fn variance(config: &ModelConfig) -> (f64, f64) {
+    match config {
+        ModelConfig::Xception(_) => (1.5, 0.5),
+        ModelConfig::InceptionV3(_) => (0.6, 0.1),
+    }
+}
+
 /// The value of element `index` of the Keras weight `name` (`layer/weight`) of shape
 /// `shape` (Keras layout).
-fn value(name: &str, shape: &[usize], index: usize, key: u64) -> f32 {
+fn value(name: &str, shape: &[usize], index: usize, key: u64, variance: (f64, f64)) -> f32 {
     let noise = (splitmix64(key + index as u64) >> 40) as f64 / f64::from(1u32 << 23) - 1.0;
     let weight = name.rsplit('/').next().unwrap_or_default();
     let value = match weight {
@@ -38,7 +47,7 @@ fn value(name: &str, shape: &[usize], index: usize, key: u64) -> f32 {
         "pointwise_kernel" => noise * (4.0 / shape[2] as f64).sqrt(),
         "kernel" => noise * (3.0 / shape[0] as f64).sqrt(),
         "gamma" => 1.0 + 0.2 * noise,
-        "moving_variance" => 1.5 + 0.5 * noise,
+        "moving_variance" => variance.0 + variance.1 * noise,
         _ => 0.1 * noise,
     };
     value as f32
@@ -46,16 +55,19 @@ fn value(name: &str, shape: &[usize], index: usize, key: u64) -> f32 {
 
 /// Every weight of the model `config` describes, under its Keras name and in Keras'
 /// layout, set by the formula of `make_parity_fixtures.py`.
-pub fn keras_weights(config: &XceptionConfig) -> BTreeMap<String, TensorData> {
+pub fn keras_weights(config: &ModelConfig) -> BTreeMap<String, TensorData> {
     // Names and Keras shapes from an export of a freshly built model; its values are unused.
-    let model = Xception::new(config, &Device::flex()).expect("a valid config");
+    let model = Network::new(config, &Device::flex()).expect("a valid config");
+    let variance = variance(config);
     interop::export(&model, config, Format::Keras)
         .into_iter()
         .map(|(name, data)| {
             let shape = data.shape().to_vec();
             let key = fnv1a(&name) << 32;
             let n: usize = shape.iter().product();
-            let values: Vec<f32> = (0..n).map(|i| value(&name, &shape, i, key)).collect();
+            let values: Vec<f32> = (0..n)
+                .map(|i| value(&name, &shape, i, key, variance))
+                .collect();
             (name, TensorData::new(values, shape))
         })
         .collect()
@@ -63,22 +75,34 @@ pub fn keras_weights(config: &XceptionConfig) -> BTreeMap<String, TensorData> {
 
 /// The model the parity fixtures were made with: the paper's architecture with 5 classes
 /// at 71x71 and no dropout (Keras' Xception has none).
-pub fn config() -> XceptionConfig {
-    XceptionConfig {
+pub fn config() -> ModelConfig {
+    ModelConfig::Xception(XceptionConfig {
         num_classes: 5,
         input_size: 71,
         dropout: 0.0,
         ..XceptionConfig::default()
-    }
+    })
 }
 
-/// The parity model ([`config`]) on `device` with the formula's weights, loaded through
-/// the Keras import path.
-pub fn model(device: &Device) -> Result<Xception, String> {
-    let config = config();
-    let model = Xception::new(&config, device).map_err(|e| e.to_string())?;
-    interop::import(model, &config, Format::Keras, keras_weights(&config))
-        .map_err(|e| e.to_string())
+/// The Inception V3 parity model: Keras' architecture with 5 classes at 139x139.
+pub fn inception_config() -> ModelConfig {
+    ModelConfig::InceptionV3(InceptionV3Config {
+        num_classes: 5,
+        input_size: 139,
+        ..InceptionV3Config::default()
+    })
+}
+
+/// The Xception parity model ([`config`]) on `device` with the formula's weights.
+pub fn model(device: &Device) -> Result<Network, String> {
+    model_of(&config(), device)
+}
+
+/// The model `config` describes on `device` with the formula's weights, loaded through the
+/// Keras import path.
+pub fn model_of(config: &ModelConfig, device: &Device) -> Result<Network, String> {
+    let model = Network::new(config, device).map_err(|e| e.to_string())?;
+    interop::import(model, config, Format::Keras, keras_weights(config)).map_err(|e| e.to_string())
 }
 
 /// The parity input: `batch` images of `size` x `size`, NCHW, in [-1, 1].

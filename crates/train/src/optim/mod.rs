@@ -24,6 +24,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::tensor::{Bool, Device, Tensor, TensorData};
+use xception_model::path::ModulePath;
 
 pub use gradients::{Exchange, GradientSum, StepGradients};
 use rules::{Rule, Slots, UpdateRule};
@@ -97,7 +98,7 @@ impl Optimizer {
             grads,
             lr,
             guard,
-            path: Vec::new(),
+            path: ModulePath::default(),
             fused_on_host: self.fused_on_host,
         };
         model.map(&mut update)
@@ -212,7 +213,7 @@ struct Update<'a> {
     grads: HashMap<ParamId, Tensor<1>>,
     lr: f64,
     guard: Option<Guard>,
-    path: Vec<String>,
+    path: ModulePath,
     fused_on_host: bool,
 }
 
@@ -307,19 +308,19 @@ impl Update<'_> {
 }
 
 impl ModuleMapper for Update<'_> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.enter(name, container_type);
     }
 
     fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
+        self.path.exit();
     }
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         let Some(grad) = self.grads.remove(&param.id) else {
             return param;
         };
-        let path = self.path.join(".");
+        let path = self.path.current();
         param.map(|tensor| {
             let autodiff = tensor.is_autodiff();
             let require_grad = tensor.is_require_grad();

@@ -8,7 +8,7 @@ use burn::tensor::{Device, Tensor};
 use xception_data::{
     Dataset, DatasetOptions, Loader, LoaderConfig, Shard, Split, Transform, rng, synth,
 };
-use xception_model::Xception;
+use xception_model::Network;
 
 use super::{TrainError, io_error};
 use crate::config::TrainConfig;
@@ -61,7 +61,7 @@ pub fn open_split(
 /// Evaluates `model` (inference mode) over every batch of `loader`. The sums stay on the
 /// device until the last batch.
 pub fn evaluate(
-    model: &Xception,
+    model: &Network,
     loader: &Loader,
     device: &Device,
     reporter: &mut dyn Reporter,
@@ -71,7 +71,7 @@ pub fn evaluate(
 
 /// [`evaluate`]'s counts, before they become percentages.
 pub(super) fn evaluate_counts(
-    model: &Xception,
+    model: &Network,
     loader: &Loader,
     device: &Device,
     reporter: &mut dyn Reporter,
@@ -151,9 +151,9 @@ pub(super) fn open_data(
         distributed::barrier(world)?;
         open_both(reporter)?
     };
-    if train_set.classes.len() != config.model.num_classes {
+    if train_set.classes.len() != config.model.num_classes() {
         return Err(TrainError::ClassCount {
-            expected: config.model.num_classes,
+            expected: config.model.num_classes(),
             found: train_set.classes.len(),
             root: train_set.root.clone(),
         });
@@ -220,7 +220,7 @@ pub fn loaders(
     val: Dataset,
     shard: Shard,
 ) -> Result<(Loader, Loader), TrainError> {
-    let size = config.model.input_size as u32;
+    let size = config.model.input_size() as u32;
     let base = LoaderConfig {
         batch_size: config.data.batch_size * devices.max(1),
         workers: config.data.workers,

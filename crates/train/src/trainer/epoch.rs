@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use burn::module::Module;
 
-use xception_model::Xception;
+use xception_model::Network;
 
 use super::TrainError;
 use super::data::{evaluate_counts, scores};
@@ -86,7 +86,7 @@ impl Run<'_> {
     /// counts are summed, so every image counts once.
     fn evaluate_model(
         &self,
-        model: &Xception,
+        model: &Network,
         reporter: &mut dyn Reporter,
     ) -> Result<Scores, TrainError> {
         let mine = evaluate_counts(model, &self.val_loader, &self.device, reporter);

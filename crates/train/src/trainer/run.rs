@@ -8,7 +8,7 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use xception_data::rng::derive;
 use xception_data::{DataError, HostBatch, Loader};
-use xception_model::Xception;
+use xception_model::Network;
 
 use super::data::{RunData, open_data};
 use super::start::{self, Restored};
@@ -54,8 +54,8 @@ pub(super) struct Run<'a> {
     train_loader: Loader,
     pub val_loader: Loader,
     /// The model being trained, absent only while [`Self::apply_step`] replaces it.
-    model: Option<Xception>,
-    pub ema: Option<Ema<Xception>>,
+    model: Option<Network>,
+    pub ema: Option<Ema<Network>>,
     optimizer: Optimizer,
     pub state: TrainState,
     /// The metrics files, on rank 0.
@@ -108,7 +108,7 @@ impl<'a> Run<'a> {
             train_images,
         )?;
 
-        let parallel = DataParallel::new(devices);
+        let parallel = DataParallel::new(devices, config.loss_spec());
         let train_device = parallel.main_device().clone();
         device.seed(config.training.seed);
         train_device.seed(config.training.seed);
@@ -147,7 +147,7 @@ impl<'a> Run<'a> {
             resumed_from: resume.as_ref().map(|r| r.dir.clone()),
             train_images,
             val_images,
-            classes: config.model.num_classes,
+            classes: config.model.num_classes(),
             epochs: plan.epochs,
             start_epoch: state.epoch,
             steps_per_epoch: plan.steps_per_epoch,
@@ -407,7 +407,7 @@ impl<'a> Run<'a> {
     }
 
     /// The model being trained.
-    pub fn model(&self) -> Result<&Xception, TrainError> {
+    pub fn model(&self) -> Result<&Network, TrainError> {
         self.model.as_ref().ok_or(TrainError::ModelLost)
     }
 

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use burn::module::Module;
 use burn::tensor::Device;
+use xception_model::Network;
 use xception_model::interop;
-use xception_model::{Xception, XceptionConfig};
 
 use super::{ResumeFrom, RunOptions, TrainError, io_error};
 use crate::by_path;
@@ -224,8 +224,8 @@ fn set_aside_newer(
 
 /// What a run trains and where it stands.
 pub(super) struct Restored {
-    pub model: Xception,
-    pub ema: Option<Ema<Xception>>,
+    pub model: Network,
+    pub ema: Option<Ema<Network>>,
     pub optimizer: Optimizer,
     pub state: TrainState,
 }
@@ -239,7 +239,7 @@ fn restore(
     device: &Device,
     reporter: &mut dyn Reporter,
 ) -> Result<Restored, TrainError> {
-    let model = Xception::new(&config.model, train_device)?;
+    let model = Network::new(&config.model, train_device)?;
     let model = checkpoint::load_module(model, &resume.model_file())?;
     let mut optimizer = Optimizer::new(config.optimizer.clone());
     optimizer
@@ -252,7 +252,7 @@ fn restore(
         None => None,
         Some(decay) => {
             let averaged = if resume.ema_file().is_file() {
-                checkpoint::load_module(Xception::new(&config.model, device)?, &resume.ema_file())?
+                checkpoint::load_module(Network::new(&config.model, device)?, &resume.ema_file())?
             } else {
                 reporter.note(
                     "the checkpoint has no EMA weights: the average restarts from the current weights",
@@ -286,7 +286,7 @@ fn fresh(
     first_lr: f64,
     reporter: &mut dyn Reporter,
 ) -> Result<Restored, TrainError> {
-    let mut model = Xception::new(&config.model, train_device)?;
+    let mut model = Network::new(&config.model, train_device)?;
     if let Some(init) = &config.training.init_from {
         model = initialise_from(model, config, init, device, reporter)?;
     }
@@ -294,7 +294,7 @@ fn fresh(
 }
 
 /// `model` before the first step: its EMA, an empty optimizer, the first position.
-fn starting(config: &TrainConfig, model: Xception, first_lr: f64) -> Restored {
+fn starting(config: &TrainConfig, model: Network, first_lr: f64) -> Restored {
     let ema = config
         .training
         .ema_decay
@@ -352,7 +352,7 @@ pub(super) fn keep_position(
 /// A model, EMA and optimizer of the config's shape, before rank 0's values arrive
 /// ([`receive_start`]): no file is read.
 fn blank(config: &TrainConfig, train_device: &Device) -> Result<Restored, TrainError> {
-    let model = Xception::new(&config.model, train_device)?;
+    let model = Network::new(&config.model, train_device)?;
     Ok(starting(config, model, 0.0))
 }
 
@@ -369,8 +369,8 @@ fn start_packet(restored: &Restored) -> Packet {
 /// A run's whole state as a packet: position, weights and BatchNorm statistics, EMA,
 /// optimizer state.
 pub(super) fn state_packet(
-    model: &Xception,
-    ema: Option<&Ema<Xception>>,
+    model: &Network,
+    ema: Option<&Ema<Network>>,
     optimizer: &Optimizer,
     state: &TrainState,
 ) -> Packet {
@@ -497,42 +497,41 @@ pub(super) fn check_same_state(
 
 /// Starts `model` from the weights at `init` (`training.init_from`).
 fn initialise_from(
-    model: Xception,
+    model: Network,
     config: &TrainConfig,
     init: &Path,
     device: &Device,
     reporter: &mut dyn Reporter,
-) -> Result<Xception, TrainError> {
+) -> Result<Network, TrainError> {
     let init_error = |reason: String| TrainError::InitFrom {
         path: init.to_path_buf(),
         reason,
     };
     let loaded = weights::load(init, false, device).map_err(|e| init_error(e.to_string()))?;
     let (from, to) = (&loaded.config, &config.model);
-    let architecture =
-        |c: &XceptionConfig| (c.width, c.middle_blocks, c.residual, c.mid_activation);
-    if architecture(from) != architecture(to) {
+    if from.shape_fields() != to.shape_fields() {
         return Err(init_error(format!(
-            "its architecture (width {}, middle_blocks {}, residual {}, mid_activation {:?}) differs from [model]'s (width {}, middle_blocks {}, residual {}, mid_activation {:?})",
-            from.width,
-            from.middle_blocks,
-            from.residual,
-            from.mid_activation,
-            to.width,
-            to.middle_blocks,
-            to.residual,
-            to.mid_activation
+            "its architecture ({}) differs from [model]'s ({})",
+            from.shape_fields(),
+            to.shape_fields()
         )));
     }
     for note in &loaded.notes {
         reporter.note(note);
     }
     let mut tensors = interop::tensors_by_path(&loaded.model);
-    if from.num_classes != to.num_classes {
-        tensors.retain(|path, _| !path.starts_with("predictions."));
+    // An auxiliary classifier only one side has: the target's starts fresh.
+    if let Some(aux) = to.aux_path() {
+        tensors.retain(|path, _| !path.starts_with(aux) || to.aux_loss_weight().is_some());
+    }
+    if from.num_classes() != to.num_classes() {
+        let classifiers = to.classifier_paths();
+        tensors.retain(|path, _| !classifiers.iter().any(|c| path.starts_with(c)));
         reporter.note(&format!(
             "initialised from {}; the classifier is re-initialised ({} -> {} classes)",
-            loaded.source, from.num_classes, to.num_classes
+            loaded.source,
+            from.num_classes(),
+            to.num_classes()
         ));
     } else {
         reporter.note(&format!("initialised from {}", loaded.source));

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use burn::module::Module;
 use burn::tensor::{Device, TensorData};
 use xception_data::HostBatch;
-use xception_model::{Xception, XceptionConfig, interop};
+use xception_model::{ModelConfig, Network, XceptionConfig, interop};
 use xception_train::config::OptimizerConfig;
 use xception_train::optim::{GradientSum, Optimizer};
 use xception_train::parallel::{DataParallel, combine};
@@ -15,22 +15,22 @@ use xception_train::parallel::{DataParallel, combine};
 pub const SIZE: usize = 71;
 
 /// The paper's layout, narrow (width 1/8, one middle block): every kind of layer, few shapes.
-pub fn model_config() -> XceptionConfig {
-    XceptionConfig {
+pub fn model_config() -> ModelConfig {
+    ModelConfig::Xception(XceptionConfig {
         num_classes: 4,
         input_size: SIZE,
         width: 0.125,
         middle_blocks: 1,
         dropout: 0.0,
         ..XceptionConfig::default()
-    }
+    })
 }
 
 /// Weights drawn from `seed` on the flex device, by path.
 pub fn initial_weights(seed: u64) -> BTreeMap<String, TensorData> {
     let flex = Device::flex();
     flex.seed(seed);
-    interop::tensors_by_path(&Xception::new(&model_config(), &flex).expect("model"))
+    interop::tensors_by_path(&Network::new(&model_config(), &flex).expect("model"))
 }
 
 /// Pseudo-random pixels in [-1, 1] for `images` images.
@@ -74,8 +74,8 @@ pub fn step(
     weights: &BTreeMap<String, TensorData>,
     batch: HostBatch,
 ) -> StepResult {
-    let parallel = DataParallel::new(devices);
-    let model = Xception::new(&model_config(), parallel.main_device()).expect("model");
+    let parallel = DataParallel::new(devices, Default::default());
+    let model = Network::new(&model_config(), parallel.main_device()).expect("model");
     let model = interop::assign(model, weights.clone()).expect("same shapes");
     let shares = parallel
         .forward_backward(&model, batch, false, |_| 7)
