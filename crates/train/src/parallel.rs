@@ -484,3 +484,66 @@ fn compute_share(
         running,
     }
 }
+
+#[cfg(test)]
+mod loss_tests {
+    use super::*;
+
+    fn logits(rows: &[[f32; 3]]) -> Tensor<2> {
+        let values: Vec<f32> = rows.iter().flatten().copied().collect();
+        Tensor::from_data(TensorData::new(values, [rows.len(), 3]), &Device::flex())
+    }
+
+    fn labels(values: &[i64]) -> Tensor<1, Int> {
+        Tensor::from_data(
+            TensorData::new(values.to_vec(), [values.len()]),
+            &Device::flex(),
+        )
+    }
+
+    fn value(loss: Tensor<1>) -> f64 {
+        f64::from(loss.into_scalar::<f32>())
+    }
+
+    /// -sum_k q_k log p_k with q = (1 - a) one_hot + a / K, by hand.
+    fn smoothed(row: [f32; 3], label: usize, alpha: f64) -> f64 {
+        let row = row.map(f64::from);
+        let norm = row.iter().map(|v| v.exp()).sum::<f64>().ln();
+        (0..3)
+            .map(|k| {
+                let q = alpha / 3.0 + if k == label { 1.0 - alpha } else { 0.0 };
+                -q * (row[k] - norm)
+            })
+            .sum()
+    }
+
+    #[test]
+    fn label_smoothing_spreads_alpha_over_the_classes() {
+        let rows = [[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]];
+        let spec = LossSpec {
+            label_smoothing: Some(0.1),
+            aux_weight: None,
+        };
+        let loss = value(spec.loss(logits(&rows), None, labels(&[0, 2])));
+        let expected = (smoothed(rows[0], 0, 0.1) + smoothed(rows[1], 2, 0.1)) / 2.0;
+        assert!((loss - expected).abs() < 1e-5, "{loss} vs {expected}");
+        let plain = value(LossSpec::default().loss(logits(&rows), None, labels(&[0, 2])));
+        let expected = (smoothed(rows[0], 0, 0.0) + smoothed(rows[1], 2, 0.0)) / 2.0;
+        assert!((plain - expected).abs() < 1e-5, "{plain} vs {expected}");
+    }
+
+    #[test]
+    fn the_auxiliary_loss_is_added_with_its_weight_only_when_configured() {
+        let main = [[2.0, -1.0, 0.5]];
+        let aux = [[0.0, 1.0, 0.0]];
+        let spec = LossSpec {
+            label_smoothing: None,
+            aux_weight: Some(0.4),
+        };
+        let loss = value(spec.loss(logits(&main), Some(logits(&aux)), labels(&[1])));
+        let expected = smoothed(main[0], 1, 0.0) + 0.4 * smoothed(aux[0], 1, 0.0);
+        assert!((loss - expected).abs() < 1e-5, "{loss} vs {expected}");
+        let without = LossSpec::default().loss(logits(&main), Some(logits(&aux)), labels(&[1]));
+        assert!((value(without) - smoothed(main[0], 1, 0.0)).abs() < 1e-5);
+    }
+}
