@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""Converts Keras' Xception weights (.h5, the format of Keras' published ImageNet weights,
-e.g. xception_weights_tf_dim_ordering_tf_kernels.h5) into a safetensors file with the same
-Keras names and layouts, which `xception import --from keras` reads:
+"""Converts Keras' Xception or InceptionV3 weights (.h5, the format of Keras' published
+ImageNet weights, e.g. xception_weights_tf_dim_ordering_tf_kernels.h5 or
+inception_v3_weights_tf_dim_ordering_tf_kernels.h5, or Keras 3's .weights.h5) into a
+safetensors file with the same Keras names and layouts, which `xception import --from keras`
+reads:
 
     pip install h5py numpy safetensors
     python scripts/keras_h5_to_safetensors.py xception_weights_tf_dim_ordering_tf_kernels.h5 keras.safetensors
@@ -36,7 +38,8 @@ def keras2(f):
 
 def keras3(source):
     """Keras 3's `.weights.h5` names variables by class (`conv2d_7/vars/0`), not by layer:
-    load it into Keras' own Xception and read the names from there (needs keras)."""
+    load it into Keras' own model (Xception, whose layers are named `block1_conv1` ..., or
+    InceptionV3, whose layers are all unnamed) and read the names from there (needs keras)."""
     import keras
 
     with h5py.File(source, "r") as f:
@@ -45,7 +48,9 @@ def keras3(source):
             for name, group in f["layers"].items()
             if name.startswith("dense") and "vars" in group
         )
-    model = keras.applications.Xception(weights=None, classes=classes, classifier_activation=None)
+        xception = any(name.startswith("block1_conv1") for name in f["layers"])
+    build = keras.applications.Xception if xception else keras.applications.InceptionV3
+    model = build(weights=None, classes=classes, classifier_activation=None)
     model.load_weights(source)
     tensors = {}
     for layer in model.layers:

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Loads an `xception export --format safetensors` file into timm and prints its top-5 on
-an image, to check the round trip from Python:
+"""Loads an `xception export --format safetensors` file into timm (`legacy_xception` or
+`inception_v3`, as its metadata says) and prints its top-5 on an image, to check the round
+trip from Python:
 
     pip install timm safetensors pillow
     python scripts/timm_predict.py model.safetensors image.jpg
@@ -8,7 +9,8 @@ an image, to check the round trip from Python:
 The file's metadata gives the classes, the input size and the crop. timm's legacy_xception
 uses symmetric max-pool padding and BatchNorm epsilon 1e-5 where Keras (and this project)
 use TensorFlow's 'same' padding and 1e-3, so its probabilities differ slightly from
-`xception predict`'s on the same weights; the top classes normally agree.
+`xception predict`'s on the same weights; the top classes normally agree. timm's
+inception_v3 likewise averages its 3x3 pools over the padding too, where Keras leaves it out.
 """
 import json
 import sys
@@ -38,7 +40,11 @@ def main(weights, image_path):
     classes = json.loads(metadata.get("xception.classes", "[]"))
     state = load_file(weights)
     num_classes = state["fc.bias"].shape[0]
-    model = timm.create_model("legacy_xception", pretrained=False, num_classes=num_classes)
+    name = {"xception": "legacy_xception", "inception_v3": "inception_v3"}[
+        config.get("arch", "xception")
+    ]
+    extra = {"aux_logits": True} if config.get("aux_logits") else {}
+    model = timm.create_model(name, pretrained=False, num_classes=num_classes, **extra)
     model.load_state_dict(state, strict=True)
     model.eval()
     size = config.get("input_size", 299)
@@ -46,7 +52,7 @@ def main(weights, image_path):
     with torch.no_grad():
         probabilities = model(x).softmax(dim=1)[0]
     top = probabilities.topk(min(5, num_classes))
-    print(f"{image_path} (timm legacy_xception, strict load of {len(state)} tensors)")
+    print(f"{image_path} (timm {name}, strict load of {len(state)} tensors)")
     for p, i in zip(top.values.tolist(), top.indices.tolist()):
         name = classes[i]["name"] if i < len(classes) else f"class {i}"
         print(f"  {100 * p:6.2f}%  {name} (class {i})")
