@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Reference training-step throughput for `xception bench --target train`: Keras/TensorFlow
-and PyTorch/timm on the same shapes (the paper's Xception, 1000 classes, SGD momentum 0.9,
-weight decay 1e-5, forward + backward + update), median of timed steps after warm-up, and
-the process's peak resident memory.
+and PyTorch/timm on the same shapes (the paper's Xception or its baseline Inception V3, 1000
+classes, SGD momentum 0.9, weight decay 1e-5, forward + backward + update), median of timed
+steps after warm-up, and the process's peak resident memory.
 
-    python scripts/bench_reference.py keras --batch 8 --size 299
+    python scripts/bench_reference.py keras --batch 8 --size 299 [--arch inception_v3]
     python scripts/bench_reference.py torch --batch 8 --size 299 [--channels-last] [--device cuda]
 
 Prints one JSON line. Run each framework in its own process (memory is per process).
@@ -18,11 +18,20 @@ import time
 import numpy as np
 
 
-def keras_step(batch, size):
+# Per architecture: Keras' constructor name, timm's model and its dropout (the paper's 0.5 for
+# Xception; Keras' InceptionV3 has none).
+ARCHITECTURES = {
+    "xception": ("Xception", "legacy_xception", 0.5),
+    "inception_v3": ("InceptionV3", "inception_v3", 0.0),
+}
+
+
+def keras_step(arch, batch, size):
     import keras
     import tensorflow as tf
 
-    model = keras.applications.Xception(weights=None, input_shape=(size, size, 3), classes=1000)
+    build = getattr(keras.applications, ARCHITECTURES[arch][0])
+    model = build(weights=None, input_shape=(size, size, 3), classes=1000)
     optimizer = keras.optimizers.SGD(learning_rate=0.045, momentum=0.9, weight_decay=1e-5)
     loss_fn = keras.losses.SparseCategoricalCrossentropy()
     x = tf.random.uniform((batch, size, size, 3), -1.0, 1.0)
@@ -39,11 +48,12 @@ def keras_step(batch, size):
     return lambda: float(step().numpy()), f"keras {keras.__version__} / tensorflow {tf.__version__}"
 
 
-def torch_step(batch, size, channels_last, device):
+def torch_step(arch, batch, size, channels_last, device):
     import timm
     import torch
 
-    model = timm.create_model("legacy_xception", num_classes=1000, drop_rate=0.5).to(device)
+    _, name, drop_rate = ARCHITECTURES[arch]
+    model = timm.create_model(name, num_classes=1000, drop_rate=drop_rate).to(device)
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.045, momentum=0.9, weight_decay=1e-5)
     x = (torch.rand(batch, 3, size, size) * 2 - 1).to(device)
@@ -76,11 +86,12 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--device", default="cpu", help="torch only: cpu or cuda")
+    parser.add_argument("--arch", default="xception", choices=sorted(ARCHITECTURES))
     args = parser.parse_args()
     if args.framework == "keras":
-        step, name = keras_step(args.batch, args.size)
+        step, name = keras_step(args.arch, args.batch, args.size)
     else:
-        step, name = torch_step(args.batch, args.size, args.channels_last, args.device)
+        step, name = torch_step(args.arch, args.batch, args.size, args.channels_last, args.device)
     for _ in range(args.warmup):
         step()
     seconds = []
@@ -90,6 +101,7 @@ def main():
         seconds.append(time.perf_counter() - started)
     result = {
         "framework": name,
+        "arch": args.arch,
         "batch": args.batch,
         "size": args.size,
         "images_per_second": args.batch / statistics.median(seconds),

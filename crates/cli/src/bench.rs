@@ -378,7 +378,7 @@ pub fn allreduce(processes: &Processes, warmup: usize, repeats: usize) -> Result
             "--target allreduce measures processes that mpirun started: run it as `mpirun -np 2 xception bench --target allreduce` with a binary built with --features mpi"
         );
     }
-    let values = Summary::new(&XceptionConfig::default()).trainable_params as usize;
+    let values = Summary::new(XceptionConfig::default()).trainable_params as usize;
     let mut gradient: Vec<f32> = (0..values).map(|i| (i % 1000) as f32 * 1e-3).collect();
     let mut time = |sum: &mut dyn FnMut(&mut [f32]) -> Result<()>| -> Result<Vec<f64>> {
         let mut seconds = Vec::new();

@@ -397,7 +397,7 @@ mod tests {
 
     #[test]
     fn paper_model_has_the_papers_counts() {
-        let summary = Summary::new(&XceptionConfig::default());
+        let summary = Summary::new(XceptionConfig::default());
         assert_eq!(summary.trainable_params, 22_855_952);
         assert_eq!(summary.non_trainable_params, 54_528);
         assert_eq!(summary.total_params, 22_910_480);
@@ -409,7 +409,7 @@ mod tests {
 
     #[test]
     fn paper_model_has_kerass_feature_map_sizes() {
-        let summary = Summary::new(&XceptionConfig::default());
+        let summary = Summary::new(XceptionConfig::default());
         let size_of = |name: &str| {
             let layer = summary.layers.iter().find(|l| l.name == name);
             layer.map(|l| l.output.clone()).expect("layer exists")

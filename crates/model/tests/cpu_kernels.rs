@@ -2,13 +2,14 @@
 //! against Burn's reference backend, ndarray, which computes them the generic way: the
 //! depthwise, 1x1 and dense convolutions (forward values, input and weight gradients; flex
 //! returns them channels-last), batch normalisation (output, batch statistics,
-//! input/scale/shift gradients), max-pooling (values, gradients, ties), and a small chain of
+//! input/scale/shift gradients), max-pooling (values, gradients, ties), the average pool's
+//! gradient (Inception V3's pools, padding counted or not), and a small chain of
 //! these on channels-last activations; on odd sizes, batch 1, channel counts off the SIMD
 //! width, strides 1 and 2 and TensorFlow's 'same' padding (asymmetric for stride 2 on even
 //! sizes).
 
 use burn::nn::PaddingConfig2d;
-use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::nn::pool::{AvgPool2d, AvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
 use burn::tensor::module::{batch_norm, batch_norm_train, conv2d};
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor, TensorData};
@@ -357,6 +358,66 @@ fn max_pool_matches_the_reference() {
             &reference,
             1e-6,
             &format!("max-pool of {shape:?}"),
+        );
+    }
+}
+
+/// Average pooling forward and the gradient of a weighted sum of it.
+fn run_avg_pool(
+    device: &Device,
+    x: &TensorData,
+    mix: &TensorData,
+    pool: &AvgPool2d,
+) -> [Vec<f32>; 2] {
+    let values = |data: TensorData| data.iter::<f32>().collect::<Vec<f32>>();
+    let device = device.clone().autodiff();
+    let x = Tensor::<4>::from_data(x.clone(), &device).require_grad();
+    let y = pool.forward(x.clone());
+    let mix = Tensor::<4>::from_data(mix.clone(), &device);
+    let grads = (y.clone() * mix).sum().backward();
+    [
+        values(y.inner().into_data()),
+        values(x.grad(&grads).expect("input gradient").into_data()),
+    ]
+}
+
+#[test]
+fn avg_pool_gradients_match_the_reference() {
+    // Inception V3's 3x3 stride-1 pools without (Keras) and with (timm) the padding in the
+    // mean, on maps down to 1x1; its auxiliary head's 5x5 stride-3 pool; strided and
+    // non-square ones.
+    let pool = |kernel: [usize; 2], stride: [usize; 2], pad: usize, include: bool| {
+        AvgPool2dConfig::new(kernel)
+            .with_strides(stride)
+            .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+            .with_count_include_pad(include)
+            .init()
+    };
+    let cases = [
+        (pool([3, 3], [1, 1], 1, false), [2, 5, 9, 9]),
+        (pool([3, 3], [1, 1], 1, false), [1, 3, 1, 1]),
+        (pool([3, 3], [1, 1], 1, false), [2, 7, 8, 10]),
+        (pool([3, 3], [1, 1], 1, true), [2, 5, 7, 6]),
+        (pool([5, 5], [3, 3], 0, false), [2, 4, 17, 17]),
+        (pool([3, 3], [2, 2], 0, false), [1, 3, 9, 8]),
+        (pool([2, 3], [2, 1], 1, true), [2, 3, 7, 6]),
+    ];
+    for (pool, shape) in cases {
+        let x = random(shape, 10);
+        let mix = random(
+            pool.forward(Tensor::<4>::zeros(shape, &Device::flex()))
+                .dims(),
+            11,
+        );
+        let flex = run_avg_pool(&Device::flex(), &x, &mix, &pool);
+        #[allow(deprecated)] // ndarray is deprecated upstream; here it is the reference
+        let reference = run_avg_pool(&Device::ndarray(), &x, &mix, &pool);
+        assert_close(
+            &["output", "input gradient"],
+            &flex,
+            &reference,
+            1e-6,
+            &format!("avg-pool of {shape:?}"),
         );
     }
 }

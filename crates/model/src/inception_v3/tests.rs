@@ -239,9 +239,7 @@ fn a_scale_other_than_one_needs_bn_scale() {
         TensorData::new(vec![0.5f32; channels], [channels]),
     );
     let fresh = Network::new(&config, &device).expect("model");
-    let error = interop::import(fresh, &config, Format::Timm, exported)
-        .err()
-        .expect("refused");
+    let error = interop::import(fresh, &config, Format::Timm, exported).expect_err("refused");
     assert_eq!(error, InteropError::Scaled(key));
     assert!(error.to_string().contains("model.bn_scale"));
 }

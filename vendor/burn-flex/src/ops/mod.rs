@@ -176,6 +176,7 @@ macro_rules! multiversion {
 
 pub mod activation;
 pub mod attention;
+pub mod avg_pool;
 pub mod batch_norm;
 pub mod binary;
 mod bool;

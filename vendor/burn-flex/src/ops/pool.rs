@@ -1281,6 +1281,16 @@ pub fn avg_pool2d_backward_f32(
     padding: [usize; 2],
     count_include_pad: bool,
 ) -> FlexTensor {
+    if let Some(result) = super::avg_pool::avg_pool2d_backward(
+        &x,
+        &grad,
+        kernel_size,
+        stride,
+        padding,
+        count_include_pad,
+    ) {
+        return result;
+    }
     let x_3d = expand_2d_to_3d(&x);
     let grad_3d = expand_2d_to_3d(&grad);
     let result = avg_pool3d_backward_f32(
