@@ -33,6 +33,12 @@ use crate::{Flex, FlexTensor, Layout};
 // ---------------------------------------------------------------------------------------
 // Layout
 
+/// The most values (f32) of im2col patches a dense convolution holds at once: 32 MB.
+const PATCH_BUDGET: usize = 8 << 20;
+/// Rows (output pixels) a dense convolution's product should have, images grouped to reach
+/// it where their maps are small.
+const PRODUCT_ROWS: usize = 2048;
+
 /// Strides of a channels-last tensor of logical shape `[n, c, h, w]`.
 fn nhwc_strides([_, c, h, w]: [usize; 4]) -> Vec<isize> {
     vec![(h * w * c) as isize, 1, (w * c) as isize, c as isize]
@@ -670,25 +676,47 @@ impl Conv {
         });
     }
 
+    /// Images whose patches go into one product: enough for [PRODUCT_ROWS] rows, within
+    /// [PATCH_BUDGET] values (at least one image). On small maps (Inception V3's 17x17 and
+    /// 8x8) one image's product has too few rows for gemm to reach its speed; on large ones
+    /// more images would only take more memory.
+    fn images_per_product(&self) -> usize {
+        let pixels = self.out_pixels().max(1);
+        let per_image = pixels * self.patch_len().max(1);
+        let wanted = PRODUCT_ROWS.div_ceil(pixels);
+        wanted.min(PATCH_BUDGET / per_image).clamp(1, self.batch.max(1))
+    }
+
+    /// The patches of images `first..first + count` into consecutive blocks of `patches`.
+    fn im2col_images(&self, x: &[f32], first: usize, count: usize, patches: &mut [f32]) {
+        let image_len = self.in_pixels() * self.c_in;
+        let block = self.out_pixels() * self.patch_len();
+        for i in 0..count {
+            let image = &x[(first + i) * image_len..(first + i + 1) * image_len];
+            self.im2col(image, &mut patches[i * block..(i + 1) * block]);
+        }
+    }
+
     fn dense_forward(&self, x: &[f32], w: &[f32]) -> Vec<f32> {
         let w = self.patch_major(w);
         let (pixels, k, c_out) = (self.out_pixels(), self.patch_len(), self.c_out);
-        let image_len = self.in_pixels() * self.c_in;
+        let group = self.images_per_product();
         let mut out = vec![0.0f32; self.batch * pixels * c_out];
-        let mut patches = vec![0.0f32; pixels * k];
-        for (b, dst) in out.chunks_exact_mut(pixels * c_out).enumerate() {
-            self.im2col(&x[b * image_len..(b + 1) * image_len], &mut patches);
-            // SAFETY: patches is [pixels, k], w is [c_out, k] read transposed, dst is
-            // [pixels, c_out].
+        let mut patches = vec![0.0f32; group * pixels * k];
+        for (chunk, dst) in out.chunks_mut(group * pixels * c_out).enumerate() {
+            let rows = dst.len() / c_out;
+            self.im2col_images(x, chunk * group, rows / pixels.max(1), &mut patches);
+            // SAFETY: patches is [rows, k], w is [c_out, k] read transposed, dst is
+            // [rows, c_out].
             unsafe {
                 gemm_f32(
-                    [pixels, c_out, k],
+                    [rows, c_out, k],
                     dst,
                     c_out,
                     false,
-                    (&patches, k, 1),
+                    (&patches[..rows * k], k, 1),
                     (&w, 1, k),
-                    worth_parallel(pixels, c_out, k),
+                    worth_parallel(rows, c_out, k),
                 );
             }
         }
@@ -700,58 +728,66 @@ impl Conv {
         let ([_, w_in], [_, ow], [kh, kw], c) = (self.in_hw, self.out_hw, self.kernel, self.c_in);
         let (pixels, k, c_out) = (self.out_pixels(), self.patch_len(), self.c_out);
         let image_len = self.in_pixels() * c;
+        let group = self.images_per_product();
         let mut dx = vec![0.0f32; self.batch * image_len];
-        let mut patches = vec![0.0f32; pixels * k];
-        for (b, dst) in dx.chunks_exact_mut(image_len).enumerate() {
-            // SAFETY: dy is [pixels, c_out], w is [c_out, k], patches is [pixels, k].
+        let mut patches = vec![0.0f32; group * pixels * k];
+        for (chunk, dst) in dx.chunks_mut(group * image_len).enumerate() {
+            let images = dst.len() / image_len.max(1);
+            let (rows, first) = (images * pixels, chunk * group * pixels);
+            // SAFETY: dy's rows are [rows, c_out], w is [c_out, k], patches is [rows, k].
             unsafe {
                 gemm_f32(
-                    [pixels, k, c_out],
-                    &mut patches,
+                    [rows, k, c_out],
+                    &mut patches[..rows * k],
                     k,
                     false,
-                    (&dy[b * pixels * c_out..(b + 1) * pixels * c_out], c_out, 1),
+                    (&dy[first * c_out..(first + rows) * c_out], c_out, 1),
                     (&w, k, 1),
-                    worth_parallel(pixels, k, c_out),
+                    worth_parallel(rows, k, c_out),
                 );
             }
             // Each input row gathers the patch entries that read it.
-            let patches = &patches;
-            for_each_plane(dst, w_in * c, |iy, row| {
-                for i in 0..kh {
-                    let Some(oy) = self.output_at(0, iy, i) else { continue };
-                    for j in 0..kw {
-                        for (ix, pixel) in row.chunks_exact_mut(c).enumerate() {
-                            if let Some(ox) = self.output_at(1, ix, j) {
-                                let at = (oy * ow + ox) * k + (i * kw + j) * c;
-                                add_assign(pixel, &patches[at..at + c]);
+            for (image, dst) in dst.chunks_exact_mut(image_len).enumerate() {
+                let patches = &patches[image * pixels * k..(image + 1) * pixels * k];
+                for_each_plane(dst, w_in * c, |iy, row| {
+                    for i in 0..kh {
+                        let Some(oy) = self.output_at(0, iy, i) else { continue };
+                        for j in 0..kw {
+                            for (ix, pixel) in row.chunks_exact_mut(c).enumerate() {
+                                if let Some(ox) = self.output_at(1, ix, j) {
+                                    let at = (oy * ow + ox) * k + (i * kw + j) * c;
+                                    add_assign(pixel, &patches[at..at + c]);
+                                }
                             }
                         }
                     }
-                }
-            });
+                });
+            }
         }
         dx
     }
 
     fn dense_weight_backward(&self, x: &[f32], dy: &[f32]) -> Vec<f32> {
         let (pixels, k, c_out) = (self.out_pixels(), self.patch_len(), self.c_out);
-        let image_len = self.in_pixels() * self.c_in;
+        let group = self.images_per_product();
         let mut dw = vec![0.0f32; c_out * k];
-        let mut patches = vec![0.0f32; pixels * k];
-        for b in 0..self.batch {
-            self.im2col(&x[b * image_len..(b + 1) * image_len], &mut patches);
-            // SAFETY: dy is [pixels, c_out] read transposed, patches is [pixels, k], dw is
+        let mut patches = vec![0.0f32; group * pixels * k];
+        for (chunk, first) in (0..self.batch).step_by(group).enumerate() {
+            let images = group.min(self.batch - first);
+            let rows = images * pixels;
+            self.im2col_images(x, first, images, &mut patches);
+            let dy = &dy[first * pixels * c_out..(first * pixels + rows) * c_out];
+            // SAFETY: dy is [rows, c_out] read transposed, patches is [rows, k], dw is
             // [c_out, k].
             unsafe {
                 gemm_f32(
-                    [c_out, k, pixels],
+                    [c_out, k, rows],
                     &mut dw,
                     k,
-                    b > 0,
-                    (&dy[b * pixels * c_out..(b + 1) * pixels * c_out], 1, c_out),
-                    (&patches, k, 1),
-                    worth_parallel(c_out, k, pixels),
+                    chunk > 0,
+                    (dy, 1, c_out),
+                    (&patches[..rows * k], k, 1),
+                    worth_parallel(c_out, k, rows),
                 );
             }
         }
