@@ -61,6 +61,11 @@ pub fn export(
                 summary.timm_model
             );
         }
+        if summary.timm_model.contains("inception_v3") {
+            println!(
+                "note: timm's inception_v3 counts the padding in its 3x3 average pools, Keras and xception leave it out: timm's logits differ slightly on the same weights"
+            );
+        }
     }
     Ok(())
 }

@@ -153,6 +153,11 @@ impl ModelConfig {
         }
     }
 
+    /// Whether the network has an auxiliary classifier.
+    pub fn has_aux(&self) -> bool {
+        matches!(self, Self::InceptionV3(config) if config.aux_logits)
+    }
+
     /// Path prefix of the auxiliary classifier, when the architecture can have one.
     pub fn aux_path(&self) -> Option<&'static str> {
         match self {
@@ -193,26 +198,38 @@ impl Serialize for ModelConfig {
 impl<'de> Deserialize<'de> for ModelConfig {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         use serde::de::Error;
-        let mut table = match serde_json::Value::deserialize(deserializer)? {
-            serde_json::Value::Object(table) => table,
+        // Through a TOML value (it keeps NaN and infinities, which the checks then name), and
+        // the architecture's own struct read with its field path, so that a wrong type names
+        // the field (`width: invalid type ...`) although the table is read in two steps.
+        let mut table = match toml::Value::deserialize(deserializer)? {
+            toml::Value::Table(table) => table,
             other => return Err(D::Error::custom(format!("expected a table, got {other}"))),
         };
         let arch = match table.remove("arch") {
             None => ARCHITECTURES[0].to_string(),
-            Some(serde_json::Value::String(arch)) => arch,
+            Some(toml::Value::String(arch)) => arch,
             Some(other) => {
                 return Err(D::Error::custom(format!(
                     "arch: expected a string, one of {ARCHITECTURES:?}, got {other}"
                 )));
             }
         };
-        let fields = serde_json::Value::Object(table);
-        let in_arch = |e: serde_json::Error| D::Error::custom(format!("{e} (arch = {arch:?})"));
+        let fields = toml::Value::Table(table);
+        let in_arch = |e: serde_path_to_error::Error<toml::de::Error>| {
+            let path = e.path().to_string();
+            let at = if path == "." {
+                String::new()
+            } else {
+                format!("{path}: ")
+            };
+            let message = e.into_inner().to_string();
+            D::Error::custom(format!("{at}{} (arch = {arch:?})", message.trim_end()))
+        };
         match arch.as_str() {
-            "xception" => XceptionConfig::deserialize(fields)
+            "xception" => serde_path_to_error::deserialize(fields)
                 .map(Self::Xception)
                 .map_err(in_arch),
-            "inception_v3" => InceptionV3Config::deserialize(fields)
+            "inception_v3" => serde_path_to_error::deserialize(fields)
                 .map(Self::InceptionV3)
                 .map_err(in_arch),
             other => Err(D::Error::custom(format!(
@@ -326,6 +343,71 @@ impl Network {
         match self {
             Self::Xception(model) => model.load_from(store),
             Self::InceptionV3(model) => model.load_from(store),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ModelConfig, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn arch_picks_the_architecture_and_xception_is_the_default() {
+        assert_eq!(
+            parse("num_classes = 7"),
+            Ok(ModelConfig::published("xception", 7).expect("known"))
+        );
+        let inception = parse("arch = \"inception_v3\"\naux_logits = true").expect("valid");
+        assert!(inception.has_aux());
+        assert_eq!(inception.arch(), "inception_v3");
+        let error = parse("arch = \"resnet\"").expect_err("unknown");
+        assert!(
+            error.contains("resnet") && error.contains("inception_v3"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_field_of_the_other_architecture_or_of_the_wrong_type_is_named() {
+        let error = parse("arch = \"inception_v3\"\nresidual = false").expect_err("Xception's");
+        assert!(
+            error.contains("residual") && error.contains("inception_v3"),
+            "{error}"
+        );
+        let error = parse("aux_logits = true").expect_err("Inception V3's");
+        assert!(
+            error.contains("aux_logits") && error.contains("xception"),
+            "{error}"
+        );
+        let error = parse("width = \"wide\"").expect_err("a string");
+        assert!(error.contains("width: invalid type"), "{error}");
+        let nan = parse("width = nan").expect("NaN deserialises; the checks refuse it");
+        assert_eq!(nan.validate().map_err(|e| e.field()), Err("model.width"));
+    }
+
+    #[test]
+    fn both_architectures_round_trip_through_toml_and_json_and_xception_omits_arch() {
+        let inception = ModelConfig::InceptionV3(InceptionV3Config {
+            num_classes: 3,
+            aux_logits: true,
+            ..Default::default()
+        });
+        for config in [ModelConfig::default(), inception] {
+            let text = toml::to_string(&config).expect("TOML");
+            assert_eq!(text.contains("arch"), config.arch() != "xception", "{text}");
+            assert_eq!(
+                toml::from_str::<ModelConfig>(&text).expect("read back"),
+                config
+            );
+            let json = serde_json::to_string(&config).expect("JSON");
+            assert_eq!(
+                serde_json::from_str::<ModelConfig>(&json).expect("read back"),
+                config
+            );
         }
     }
 }

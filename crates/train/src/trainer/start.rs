@@ -520,9 +520,17 @@ fn initialise_from(
         reporter.note(note);
     }
     let mut tensors = interop::tensors_by_path(&loaded.model);
-    // An auxiliary classifier only one side has: the target's starts fresh.
-    if let Some(aux) = to.aux_path() {
-        tensors.retain(|path, _| !path.starts_with(aux) || to.aux_loss_weight().is_some());
+    // An auxiliary classifier only one side has: the target's starts fresh, or the source's
+    // is left out.
+    if let Some(aux) = to.aux_path()
+        && from.has_aux() != to.has_aux()
+    {
+        tensors.retain(|path, _| !path.starts_with(aux));
+        reporter.note(if to.has_aux() {
+            "the weights have no auxiliary classifier: model.aux_logits starts it fresh"
+        } else {
+            "the weights' auxiliary classifier is left out (model.aux_logits is false)"
+        });
     }
     if from.num_classes() != to.num_classes() {
         let classifiers = to.classifier_paths();
