@@ -123,28 +123,54 @@ impl ConfigError {
     }
 }
 
-impl XceptionConfig {
-    /// Checks that the configuration describes a network that can be built and run.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+/// The fields every architecture has, checked alike.
+pub(crate) struct CommonFields {
+    pub num_classes: usize,
+    pub input_size: usize,
+    /// The architecture's smallest input side.
+    pub min_input_size: usize,
+    pub width: f64,
+    pub dropout: f64,
+    pub bn_momentum: f64,
+}
+
+impl CommonFields {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        let probability = |p: f64| p.is_finite() && (0.0..1.0).contains(&p);
         if self.num_classes == 0 {
             return Err(ConfigError::NoClasses(self.num_classes));
         }
-        if self.input_size < MIN_INPUT_SIZE {
+        if self.input_size < self.min_input_size {
             return Err(ConfigError::InputTooSmall {
-                minimum: MIN_INPUT_SIZE,
+                minimum: self.min_input_size,
                 got: self.input_size,
             });
         }
         if !(self.width.is_finite() && self.width > 0.0) {
             return Err(ConfigError::BadWidth(self.width));
         }
-        if !(self.dropout.is_finite() && (0.0..1.0).contains(&self.dropout)) {
+        if !probability(self.dropout) {
             return Err(ConfigError::BadDropout(self.dropout));
         }
-        if !(self.bn_momentum.is_finite() && (0.0..1.0).contains(&self.bn_momentum)) {
+        if !probability(self.bn_momentum) {
             return Err(ConfigError::BadBnMomentum(self.bn_momentum));
         }
         Ok(())
+    }
+}
+
+impl XceptionConfig {
+    /// Checks that the configuration describes a network that can be built and run.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        CommonFields {
+            num_classes: self.num_classes,
+            input_size: self.input_size,
+            min_input_size: MIN_INPUT_SIZE,
+            width: self.width,
+            dropout: self.dropout,
+            bn_momentum: self.bn_momentum,
+        }
+        .validate()
     }
 
     /// A layer's channel count at this configuration's width.

@@ -125,8 +125,21 @@ pub enum InteropError {
 }
 
 fn bn_slots(slots: &mut Vec<Slot>, burn: &str, timm: &str, keras: &str) {
+    bn_slots_with(slots, burn, timm, Some(keras), Kind::Gamma);
+}
+
+/// A BatchNorm's four tensors; `gamma` is [`Kind::Gamma`], or [`Kind::UnitGamma`] for a
+/// layer without scale (whose timm `weight` is all ones, whose Keras layer has no `gamma`);
+/// `keras` is `None` where Keras has no such layer.
+pub(crate) fn bn_slots_with(
+    slots: &mut Vec<Slot>,
+    burn: &str,
+    timm: &str,
+    keras: Option<&str>,
+    gamma: Kind,
+) {
     for (kind, b, t, k) in [
-        (Kind::Gamma, "gamma", "weight", "gamma"),
+        (gamma, "gamma", "weight", "gamma"),
         (Kind::Beta, "beta", "bias", "beta"),
         (Kind::Mean, "running_mean", "running_mean", "moving_mean"),
         (
@@ -136,10 +149,11 @@ fn bn_slots(slots: &mut Vec<Slot>, burn: &str, timm: &str, keras: &str) {
             "moving_variance",
         ),
     ] {
+        let unit = kind == Kind::UnitGamma;
         slots.push(Slot {
-            burn: format!("{burn}.{b}"),
+            burn: format!("{burn}.{}", if unit { "beta" } else { b }),
             timm: format!("{timm}.{t}"),
-            keras: Some(format!("{keras}/{k}")),
+            keras: keras.filter(|_| !unit).map(|keras| format!("{keras}/{k}")),
             kind,
         });
     }
@@ -659,7 +673,7 @@ pub fn tensors_by_path<M: Module>(model: &M) -> BTreeMap<String, TensorData> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use burn::tensor::Device;
 
@@ -673,15 +687,14 @@ mod tests {
         })
     }
 
-    #[test]
-    fn timm_names_and_shapes_are_legacy_xceptions() {
-        let config = ModelConfig::default();
-        let model = Network::new(&config, &Device::flex()).expect("model");
-        let exported: BTreeMap<String, Vec<usize>> = export(&model, &config, Format::Timm)
+    /// `config`'s timm export, name by name, against a `scripts/timm_keys.py` fixture (timm's
+    /// state dict without its `num_batches_tracked` counters).
+    pub(crate) fn assert_timm_names_and_shapes(config: &ModelConfig, fixture: &str) {
+        let model = Network::new(config, &Device::flex()).expect("model");
+        let exported: BTreeMap<String, Vec<usize>> = export(&model, config, Format::Timm)
             .into_iter()
             .map(|(name, data)| (name, data.shape().to_vec()))
             .collect();
-        let fixture = include_str!("../tests/fixtures/timm_legacy_xception_keys.txt");
         let mut expected = BTreeMap::new();
         for line in fixture.lines().filter(|l| !l.starts_with('#')) {
             let (key, shape) = line.split_once(' ').expect("key shape");
@@ -692,6 +705,13 @@ mod tests {
             expected.insert(key.to_string(), shape);
         }
         assert_eq!(exported, expected);
+    }
+
+    #[test]
+    fn timm_names_and_shapes_are_legacy_xceptions() {
+        let config = ModelConfig::default();
+        let fixture = include_str!("../tests/fixtures/timm_legacy_xception_keys.txt");
+        assert_timm_names_and_shapes(&config, fixture);
         assert!(timm_compatible(&config));
         assert!(!timm_compatible(&small()));
     }

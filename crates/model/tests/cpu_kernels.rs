@@ -110,16 +110,29 @@ fn check(
 
 fn check_options(
     batch: usize,
-    (c_in, c_out): (usize, usize),
+    channels: (usize, usize),
     kernel: usize,
+    size: (usize, usize),
+    options: ConvOptions<2>,
+) {
+    check_kernel(batch, channels, [kernel, kernel], size, options, 1e-5);
+}
+
+/// A convolution with a `[kh, kw]` kernel against the reference within `tolerance`
+/// (relative to the largest value).
+fn check_kernel(
+    batch: usize,
+    (c_in, c_out): (usize, usize),
+    [kh, kw]: [usize; 2],
     (h, w): (usize, usize),
     options: ConvOptions<2>,
+    tolerance: f32,
 ) {
     let (groups, stride) = (options.groups, options.stride[0]);
     let x = random([batch, c_in, h, w], 1);
-    let weight = random([c_out, c_in / groups, kernel, kernel], 2);
-    let out_h = (h + options.padding[0].0 + options.padding[0].1 - kernel) / stride + 1;
-    let out_w = (w + options.padding[1].0 + options.padding[1].1 - kernel) / stride + 1;
+    let weight = random([c_out, c_in / groups, kh, kw], 2);
+    let out_h = (h + options.padding[0].0 + options.padding[0].1 - kh) / stride + 1;
+    let out_w = (w + options.padding[1].0 + options.padding[1].1 - kw) / stride + 1;
     let mix = random([batch, c_out, out_h, out_w], 3);
     let bias = random([c_out], 10);
     let flex = run(&Device::flex(), &x, [&weight, &bias, &mix], &options);
@@ -129,10 +142,10 @@ fn check_options(
         &["output", "input gradient", "weight gradient"],
         &flex,
         &reference,
-        1e-5,
+        tolerance,
         &format!(
-            "batch {batch}, {c_in}->{c_out} channels, groups {groups}, {kernel}x{kernel}, \
-             {h}x{w}, stride {stride}, padding {:?}",
+            "batch {batch}, {c_in}->{c_out} channels, groups {groups}, {kh}x{kw}, {h}x{w}, \
+             stride {stride}, padding {:?}",
             options.padding
         ),
     );
@@ -206,30 +219,15 @@ fn strided_pointwise_convolutions_match_the_reference() {
 /// reference within `tolerance`.
 fn check_dense(
     batch: usize,
-    (c_in, c_out): (usize, usize),
+    channels: (usize, usize),
     kernel: [usize; 2],
-    (h, w): (usize, usize),
+    size: (usize, usize),
     padding: [(usize, usize); 2],
     tolerance: f32,
 ) {
     let mut options = ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
     options.padding = padding;
-    let x = random([batch, c_in, h, w], 1);
-    let weight = random([c_out, c_in, kernel[0], kernel[1]], 2);
-    let out_h = h + padding[0].0 + padding[0].1 + 1 - kernel[0];
-    let out_w = w + padding[1].0 + padding[1].1 + 1 - kernel[1];
-    let mix = random([batch, c_out, out_h, out_w], 3);
-    let bias = random([c_out], 10);
-    let flex = run(&Device::flex(), &x, [&weight, &bias, &mix], &options);
-    #[allow(deprecated)] // ndarray is deprecated upstream; here it is the reference
-    let reference = run(&Device::ndarray(), &x, [&weight, &bias, &mix], &options);
-    assert_close(
-        &["output", "input gradient", "weight gradient"],
-        &flex,
-        &reference,
-        tolerance,
-        &format!("batch {batch}, {c_in}->{c_out}, dense {kernel:?}, {h}x{w}, padding {padding:?}"),
-    );
+    check_kernel(batch, channels, kernel, size, options, tolerance);
 }
 
 #[test]

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
+use crate::config::{CommonFields, ConfigError};
 
 /// Smallest input side Keras' `applications.InceptionV3` accepts.
 pub const MIN_INPUT_SIZE: usize = 75;
@@ -51,24 +51,15 @@ impl Default for InceptionV3Config {
 impl InceptionV3Config {
     /// Checks that the configuration describes a network that can be built and run.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.num_classes == 0 {
-            return Err(ConfigError::NoClasses(self.num_classes));
+        CommonFields {
+            num_classes: self.num_classes,
+            input_size: self.input_size,
+            min_input_size: MIN_INPUT_SIZE,
+            width: self.width,
+            dropout: self.dropout,
+            bn_momentum: self.bn_momentum,
         }
-        if self.input_size < MIN_INPUT_SIZE {
-            return Err(ConfigError::InputTooSmall {
-                minimum: MIN_INPUT_SIZE,
-                got: self.input_size,
-            });
-        }
-        if !(self.width.is_finite() && self.width > 0.0) {
-            return Err(ConfigError::BadWidth(self.width));
-        }
-        if !(self.dropout.is_finite() && (0.0..1.0).contains(&self.dropout)) {
-            return Err(ConfigError::BadDropout(self.dropout));
-        }
-        if !(self.bn_momentum.is_finite() && (0.0..1.0).contains(&self.bn_momentum)) {
-            return Err(ConfigError::BadBnMomentum(self.bn_momentum));
-        }
+        .validate()?;
         if !(self.aux_loss_weight.is_finite() && self.aux_loss_weight >= 0.0) {
             return Err(ConfigError::BadAuxWeight(self.aux_loss_weight));
         }

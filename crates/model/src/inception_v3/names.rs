@@ -4,7 +4,7 @@
 
 use super::config::InceptionV3Config;
 use super::plan::{AUX_INPUT_BLOCK, ConvPlan, aux_convs, plan};
-use crate::interop::{Kind, Slot, keras_unnamed};
+use crate::interop::{Kind, Slot, bn_slots_with, keras_unnamed};
 
 /// The convolution + BatchNorm `conv` under Burn path `burn`, timm key `timm` and Keras
 /// layer number `keras` (none for the auxiliary classifier, which Keras lacks).
@@ -19,34 +19,8 @@ fn conv_slots(slots: &mut Vec<Slot>, burn: &str, timm: &str, keras: Option<usize
         kind: Kind::Conv,
     });
     let gamma = if scale { Kind::Gamma } else { Kind::UnitGamma };
-    for (kind, b, t, k) in [
-        (gamma, "gamma", "weight", "gamma"),
-        (Kind::Beta, "beta", "bias", "beta"),
-        (Kind::Mean, "running_mean", "running_mean", "moving_mean"),
-        (
-            Kind::Variance,
-            "running_var",
-            "running_var",
-            "moving_variance",
-        ),
-    ] {
-        // Without a scale the model has no gamma: timm's `bn.weight` is all ones (written as
-        // such, checked on import), and Keras has no `gamma` at all.
-        let burn = match kind {
-            Kind::UnitGamma => format!("{burn}.bn.beta"),
-            _ => format!("{burn}.bn.{b}"),
-        };
-        let keras = match kind {
-            Kind::UnitGamma => None,
-            _ => bn.as_ref().map(|layer| format!("{layer}/{k}")),
-        };
-        slots.push(Slot {
-            burn,
-            timm: format!("{timm}.bn.{t}"),
-            keras,
-            kind,
-        });
-    }
+    let (burn_bn, timm_bn) = (format!("{burn}.bn"), format!("{timm}.bn"));
+    bn_slots_with(slots, &burn_bn, &timm_bn, bn.as_deref(), gamma);
 }
 
 fn dense_slots(slots: &mut Vec<Slot>, burn: &str, timm: &str, keras: Option<&str>) {

@@ -175,22 +175,8 @@ fn timm_names_and_shapes_are_timms_inception_v3() {
         aux_logits: true,
         ..Default::default()
     });
-    let model = Network::new(&config, &Device::flex()).expect("model");
-    let exported: BTreeMap<String, Vec<usize>> = interop::export(&model, &config, Format::Timm)
-        .into_iter()
-        .map(|(name, data)| (name, data.shape().to_vec()))
-        .collect();
     let fixture = include_str!("../../tests/fixtures/timm_inception_v3_keys.txt");
-    let mut expected = BTreeMap::new();
-    for line in fixture.lines().filter(|l| !l.starts_with('#')) {
-        let (key, shape) = line.split_once(' ').expect("key shape");
-        if key.ends_with("num_batches_tracked") {
-            continue;
-        }
-        let shape: Vec<usize> = shape.split('x').map(|d| d.parse().expect("dim")).collect();
-        expected.insert(key.to_string(), shape);
-    }
-    assert_eq!(exported, expected);
+    crate::interop::tests::assert_timm_names_and_shapes(&config, fixture);
 }
 
 #[test]
