@@ -73,44 +73,11 @@ fn layer_row(out: &mut String, layer: &LayerSummary) {
     );
 }
 
-/// The architecture and its fields in one line.
-fn title(config: &ModelConfig) -> String {
-    match config {
-        ModelConfig::Xception(c) => format!(
-            "Xception: {} classes, {}x{} input, residual {}, mid activation {}, {} middle blocks, \
-             width {}, dropout {}",
-            c.num_classes,
-            c.input_size,
-            c.input_size,
-            c.residual,
-            format!("{:?}", c.mid_activation).to_lowercase(),
-            c.middle_blocks,
-            c.width,
-            c.dropout
-        ),
-        ModelConfig::InceptionV3(c) => format!(
-            "Inception V3: {} classes, {}x{} input, width {}, dropout {}, BatchNorm scale {}, \
-             auxiliary classifier {}",
-            c.num_classes,
-            c.input_size,
-            c.input_size,
-            c.width,
-            c.dropout,
-            c.bn_scale,
-            if c.aux_logits {
-                format!("weight {}", c.aux_loss_weight)
-            } else {
-                "none".to_string()
-            }
-        ),
-    }
-}
-
 /// The human-readable table.
 pub fn render(summary: &Summary) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    let _ = writeln!(out, "{}\n", title(&summary.config));
+    let _ = writeln!(out, "{}\n", summary.config.describe());
     let _ = writeln!(
         out,
         "{:<26} {:<38} {:>14} {:>12} {:>16}",
@@ -156,10 +123,7 @@ pub fn render(summary: &Summary) -> String {
         grouped(summary.macs),
         summary.macs as f64 / 1e9
     );
-    let note = match summary.config {
-        ModelConfig::Xception(_) => "  (plus the residual 1x1 convolutions)",
-        ModelConfig::InceptionV3(_) => "",
-    };
+    let note = summary.config.conv_layers_note();
     let _ = writeln!(
         out,
         "convolution layers        {:>15}{note}",

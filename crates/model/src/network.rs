@@ -76,6 +76,47 @@ impl ModelConfig {
         }
     }
 
+    /// The architecture and its fields in one line, as `xception info` heads its table.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Xception(c) => format!(
+                "Xception: {} classes, {}x{} input, residual {}, mid activation {}, {} middle \
+                 blocks, width {}, dropout {}",
+                c.num_classes,
+                c.input_size,
+                c.input_size,
+                c.residual,
+                format!("{:?}", c.mid_activation).to_lowercase(),
+                c.middle_blocks,
+                c.width,
+                c.dropout
+            ),
+            Self::InceptionV3(c) => format!(
+                "Inception V3: {} classes, {}x{} input, width {}, dropout {}, BatchNorm scale {}, \
+                 auxiliary classifier {}",
+                c.num_classes,
+                c.input_size,
+                c.input_size,
+                c.width,
+                c.dropout,
+                c.bn_scale,
+                if c.aux_logits {
+                    format!("weight {}", c.aux_loss_weight)
+                } else {
+                    "none".to_string()
+                }
+            ),
+        }
+    }
+
+    /// What the summary's convolution count leaves out, in words (empty when nothing).
+    pub fn conv_layers_note(&self) -> &'static str {
+        match self {
+            Self::Xception(_) => "  (plus the residual 1x1 convolutions)",
+            Self::InceptionV3(_) => "",
+        }
+    }
+
     /// Checks that the configuration describes a network that can be built and run.
     pub fn validate(&self) -> Result<(), ConfigError> {
         match self {
