@@ -162,6 +162,12 @@ pub struct ModelResult {
     pub size: usize,
     /// Median images per second of the timed passes.
     pub images_per_second: f64,
+    /// Median latency of one pass, milliseconds.
+    pub p50_ms: f64,
+    /// 95th percentile of the passes' latency (nearest rank), milliseconds.
+    pub p95_ms: f64,
+    /// Peak resident memory of the process during the timed passes (Linux), MiB.
+    pub peak_rss_mib: Option<f64>,
     /// Every timed pass, seconds.
     pub seconds: Vec<f64>,
 }
@@ -212,6 +218,9 @@ pub fn inference(
         batch,
         size,
         images_per_second: batch as f64 / median(&seconds),
+        p50_ms: percentile(&seconds, 0.50) * 1e3,
+        p95_ms: percentile(&seconds, 0.95) * 1e3,
+        peak_rss_mib: peak_rss_mib(),
         seconds,
     })
 }
@@ -250,6 +259,15 @@ pub struct StepPhases {
     pub backward: f64,
     /// Optimizer update and device sync.
     pub update: f64,
+}
+
+/// The `q` quantile of `values` by nearest rank (`q = 0.95`: the value 95% of them do not
+/// exceed).
+fn percentile(values: &[f64], q: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len().max(1));
+    sorted.get(rank - 1).copied().unwrap_or(0.0)
 }
 
 fn median(values: &[f64]) -> f64 {

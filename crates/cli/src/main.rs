@@ -496,6 +496,13 @@ fn bench_command(args: BenchArgs) -> Result<()> {
                 (result.size, result.batch),
                 result.images_per_second,
                 &format!("{} passes", result.seconds.len()),
+            ) + &format!(
+                ", latency p50 {:.1} ms, p95 {:.1} ms{}",
+                result.p50_ms,
+                result.p95_ms,
+                result
+                    .peak_rss_mib
+                    .map_or(String::new(), |m| format!(", peak memory {m:.0} MiB"))
             );
             emit_results(out, json, &result, &summary)
         }
