@@ -172,7 +172,7 @@ pub struct ModelResult {
     pub seconds: Vec<f64>,
 }
 
-/// Times inference (forward pass, evaluation mode) of the paper's model at `size` on
+/// Times inference (forward pass, evaluation mode, BatchNorm folded) of a model on
 /// `device`: `warmup` untimed passes (autotuning and compilation happen there), then
 /// `repeats` timed ones, each ended by reading the logits back.
 pub fn inference(
@@ -188,7 +188,8 @@ pub fn inference(
     let burn_device = device.device();
     let size = model.input_size();
     let arch = model.arch().to_string();
-    let model = Network::new(model, &burn_device)?.valid();
+    // As `eval` and `predict` run it: BatchNorm folded into the convolutions.
+    let model = Network::new(model, &burn_device)?.valid().folded();
     let images = Tensor::<4>::random(
         [batch, 3, size, size],
         Distribution::Uniform(-1.0, 1.0),

@@ -182,8 +182,10 @@ pub fn eval(args: EvalArgs) -> Result<()> {
             },
         },
     )?;
+    // BatchNorm folded into the convolutions for this run only (the weights file is untouched).
+    let model = loaded.model.folded();
     let mut progress = EvalProgress { bar: None };
-    let scores: Scores = evaluate(&loaded.model, &loader, &device, &mut progress);
+    let scores: Scores = evaluate(&model, &loader, &device, &mut progress);
     if let Some(bar) = progress.bar.take() {
         bar.finish_and_clear();
     }
@@ -273,6 +275,8 @@ pub fn predict(
     };
     let mut predictions = Vec::new();
     let mut unreadable = 0;
+    // BatchNorm folded into the convolutions for this run only (the weights file is untouched).
+    let model = loaded.model.folded();
     for image in images {
         let decoded = match decode_file(image) {
             Ok(decoded) => decoded,
@@ -286,7 +290,7 @@ pub fn predict(
         let mut pixels = vec![0f32; 3 * size * size];
         transform.apply(&decoded, &mut Rng::new(0), &mut pixels);
         let input = Tensor::<4>::from_data(TensorData::new(pixels, [1, 3, size, size]), &device);
-        let logits = loaded.model.forward(input);
+        let logits = model.forward(input);
         let probabilities = softmax(logits.clone(), 1);
         let logits: Vec<f32> = logits.into_data().convert::<f32>().iter::<f32>().collect();
         let probabilities: Vec<f32> = probabilities

@@ -12,6 +12,7 @@
 
 pub mod architecture;
 pub mod config;
+mod fold;
 pub mod inception_v3;
 pub mod interop;
 pub mod network;

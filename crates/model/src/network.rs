@@ -350,6 +350,16 @@ impl Network {
         }
     }
 
+    /// Every BatchNorm folded into the convolution before it (inference mode: the same
+    /// logits within float rounding, one pass less per layer), for `eval` and `predict`. A
+    /// folded network must not be trained or written to a file.
+    pub fn folded(self) -> Self {
+        match self {
+            Self::Xception(model) => Self::Xception(model.folded()),
+            Self::InceptionV3(model) => Self::InceptionV3(model.folded()),
+        }
+    }
+
     /// Parameter counts, split as Keras splits them.
     pub fn param_counts(&self) -> ParamCounts {
         crate::xception::param_counts(self)

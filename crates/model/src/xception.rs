@@ -12,6 +12,7 @@ use burn::tensor::{Device, Tensor};
 
 use crate::architecture::{BlockKind, BlockPlan, plan};
 use crate::config::{ConfigError, MidActivation, XceptionConfig};
+use crate::fold::{BatchNormStatistics, fold_batch_norm};
 
 /// Keras' BatchNormalization epsilon, which the official weights were trained with.
 pub const BN_EPSILON: f64 = 1e-3;
@@ -57,6 +58,9 @@ pub struct ConvBn {
     pub conv: Conv2d,
     /// BatchNorm with Keras' epsilon and momentum.
     pub bn: BatchNorm,
+    /// Whether `bn` is folded into `conv` (inference only, [`crate::Network::folded`]).
+    #[module(skip)]
+    pub folded: bool,
 }
 
 impl ConvBn {
@@ -69,12 +73,32 @@ impl ConvBn {
         Self {
             conv: conv(channels, kernel, stride, 1, padding, device),
             bn: batch_norm(channels.1, bn_momentum, device),
+            folded: false,
         }
     }
 
     /// Convolution then BatchNorm.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.bn.forward(self.conv.forward(x))
+        let x = self.conv.forward(x);
+        if self.folded { x } else { self.bn.forward(x) }
+    }
+
+    /// The BatchNorm folded into the convolution (inference only).
+    pub fn folded(mut self) -> Self {
+        fold_batch_norm(&mut self.conv, statistics(&self.bn));
+        self.folded = true;
+        self
+    }
+}
+
+/// A Burn BatchNorm's inference-mode parameters.
+fn statistics(bn: &BatchNorm) -> BatchNormStatistics {
+    BatchNormStatistics {
+        gamma: Some(bn.gamma.val()),
+        beta: bn.beta.val(),
+        mean: bn.running_mean.value(),
+        var: bn.running_var.value(),
+        epsilon: bn.epsilon,
     }
 }
 
@@ -90,6 +114,9 @@ pub struct SepConvBn {
     /// Activation between depthwise and pointwise (the paper's section 4.7 ablation).
     #[module(skip)]
     pub mid_activation: MidActivation,
+    /// Whether `bn` is folded into `pointwise` (inference only).
+    #[module(skip)]
+    pub folded: bool,
 }
 
 impl SepConvBn {
@@ -100,7 +127,15 @@ impl SepConvBn {
             pointwise: conv((c_in, c_out), 1, 1, 1, PaddingConfig2d::Valid, device),
             bn: batch_norm(c_out, config.bn_momentum, device),
             mid_activation,
+            folded: false,
         }
+    }
+
+    /// The BatchNorm folded into the pointwise convolution (inference only).
+    pub fn folded(mut self) -> Self {
+        fold_batch_norm(&mut self.pointwise, statistics(&self.bn));
+        self.folded = true;
+        self
     }
 
     /// Depthwise, optional activation, pointwise, BatchNorm.
@@ -111,7 +146,8 @@ impl SepConvBn {
             MidActivation::Relu => relu(x),
             MidActivation::Elu => elu(x, 1.0),
         };
-        self.bn.forward(self.pointwise.forward(x))
+        let x = self.pointwise.forward(x);
+        if self.folded { x } else { self.bn.forward(x) }
     }
 }
 
@@ -328,6 +364,38 @@ impl Xception {
     pub fn classify(&self, features: Tensor<4>) -> Tensor<2> {
         let pooled: Tensor<2> = features.mean_dims(&[2, 3]).flatten(1, 3);
         self.predictions.forward(self.dropout.forward(pooled))
+    }
+
+    /// Every BatchNorm folded into its convolution: the same logits in inference mode, one
+    /// pass less per layer. For inference only (a folded network must not train).
+    pub fn folded(self) -> Self {
+        let downsample = |block: DownsampleBlock| DownsampleBlock {
+            sepconv1: block.sepconv1.folded(),
+            sepconv2: block.sepconv2.folded(),
+            residual: block.residual.map(ConvBn::folded),
+            ..block
+        };
+        Self {
+            stem: Stem {
+                conv1: self.stem.conv1.folded(),
+                conv2: self.stem.conv2.folded(),
+            },
+            entry_flow: self.entry_flow.into_iter().map(downsample).collect(),
+            middle_flow: self
+                .middle_flow
+                .into_iter()
+                .map(|block| MiddleBlock {
+                    sepconvs: block.sepconvs.into_iter().map(SepConvBn::folded).collect(),
+                    ..block
+                })
+                .collect(),
+            exit_block: downsample(self.exit_block),
+            final_block: FinalBlock {
+                sepconv1: self.final_block.sepconv1.folded(),
+                sepconv2: self.final_block.sepconv2.folded(),
+            },
+            ..self
+        }
     }
 
     /// Parameter counts of this module, split as Keras splits them.

@@ -40,13 +40,21 @@ fn max_logit_error(model: &Network, fixture: &serde_json::Value, device: &Device
     max_error
 }
 
+/// The model as trained and with its BatchNorms folded (the inference path of `eval` and
+/// `predict`) both match Keras within 1e-4.
+fn assert_parity(model: Network, fixture: &serde_json::Value, device: &Device) {
+    let max_error = max_logit_error(&model, fixture, device);
+    assert!(max_error <= 1e-4, "max error {max_error}");
+    let folded = max_logit_error(&model.folded(), fixture, device);
+    assert!(folded <= 1e-4, "max error with BatchNorm folded {folded}");
+}
+
 #[test]
 fn logits_match_keras_within_1e_4() {
     let fixture = fixture(include_str!("fixtures/keras_parity.json"));
     let device = Device::flex();
     let model = reference::model(&device).expect("the parity model");
-    let max_error = max_logit_error(&model, &fixture, &device);
-    assert!(max_error <= 1e-4, "max error {max_error}");
+    assert_parity(model, &fixture, &device);
 }
 
 #[test]
@@ -56,6 +64,5 @@ fn inception_v3_logits_match_keras_within_1e_4() {
     let device = Device::flex();
     let config = reference::inception_config();
     let model = reference::model_of(&config, &device).expect("the parity model");
-    let max_error = max_logit_error(&model, &fixture, &device);
-    assert!(max_error <= 1e-4, "max error {max_error}");
+    assert_parity(model, &fixture, &device);
 }

@@ -12,6 +12,7 @@ use burn::tensor::{Device, Tensor};
 use super::config::InceptionV3Config;
 use super::plan::{AUX_INPUT_BLOCK, BlockPlan, ConvPlan, Padding, aux_convs, plan};
 use crate::config::ConfigError;
+use crate::fold::{BatchNormStatistics, fold_batch_norm};
 use crate::xception::BN_EPSILON;
 
 /// Keras' `BatchNormalization`, whose scale (gamma) is optional: Inception V3 has none
@@ -82,6 +83,9 @@ pub struct BasicConv {
     pub conv: Conv2d,
     /// Its BatchNorm.
     pub bn: KerasBatchNorm,
+    /// Whether `bn` is folded into `conv` (inference only, [`crate::Network::folded`]).
+    #[module(skip)]
+    pub folded: bool,
 }
 
 impl BasicConv {
@@ -105,12 +109,29 @@ impl BasicConv {
                 config.bn_momentum,
                 device,
             ),
+            folded: false,
         }
     }
 
     /// Convolution, BatchNorm, ReLU.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        relu(self.bn.forward(self.conv.forward(x)))
+        let x = self.conv.forward(x);
+        relu(if self.folded { x } else { self.bn.forward(x) })
+    }
+
+    /// The BatchNorm folded into the convolution (inference only).
+    pub fn folded(mut self) -> Self {
+        let bn = &self.bn;
+        let statistics = BatchNormStatistics {
+            gamma: bn.gamma.as_ref().map(Param::val),
+            beta: bn.beta.val(),
+            mean: bn.running_mean.value(),
+            var: bn.running_var.value(),
+            epsilon: bn.epsilon,
+        };
+        fold_batch_norm(&mut self.conv, statistics);
+        self.folded = true;
+        self
     }
 }
 
@@ -164,6 +185,19 @@ pub struct Stem {
 }
 
 impl Stem {
+    fn folded(self) -> Self {
+        Self {
+            conv_1a_3x3: self.conv_1a_3x3.folded(),
+            conv_2a_3x3: self.conv_2a_3x3.folded(),
+            conv_2b_3x3: self.conv_2b_3x3.folded(),
+            conv_3b_1x1: self.conv_3b_1x1.folded(),
+            conv_4a_3x3: self.conv_4a_3x3.folded(),
+            ..self
+        }
+    }
+}
+
+impl Stem {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let x = self.conv_1a_3x3.forward(x);
         let x = self.conv_2a_3x3.forward(x);
@@ -195,6 +229,21 @@ pub struct InceptionA {
 }
 
 impl InceptionA {
+    fn folded(self) -> Self {
+        Self {
+            branch1x1: self.branch1x1.folded(),
+            branch5x5_1: self.branch5x5_1.folded(),
+            branch5x5_2: self.branch5x5_2.folded(),
+            branch3x3dbl_1: self.branch3x3dbl_1.folded(),
+            branch3x3dbl_2: self.branch3x3dbl_2.folded(),
+            branch3x3dbl_3: self.branch3x3dbl_3.folded(),
+            branch_pool: self.branch_pool.folded(),
+            ..self
+        }
+    }
+}
+
+impl InceptionA {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let b1 = self.branch1x1.forward(x.clone());
         let b5 = self
@@ -220,6 +269,18 @@ pub struct InceptionB {
     pub branch3x3dbl_3: BasicConv,
     /// The max-pool branch.
     pub pool: MaxPool2d,
+}
+
+impl InceptionB {
+    fn folded(self) -> Self {
+        Self {
+            branch3x3: self.branch3x3.folded(),
+            branch3x3dbl_1: self.branch3x3dbl_1.folded(),
+            branch3x3dbl_2: self.branch3x3dbl_2.folded(),
+            branch3x3dbl_3: self.branch3x3dbl_3.folded(),
+            ..self
+        }
+    }
 }
 
 impl InceptionB {
@@ -259,6 +320,24 @@ pub struct InceptionC {
 }
 
 impl InceptionC {
+    fn folded(self) -> Self {
+        Self {
+            branch1x1: self.branch1x1.folded(),
+            branch7x7_1: self.branch7x7_1.folded(),
+            branch7x7_2: self.branch7x7_2.folded(),
+            branch7x7_3: self.branch7x7_3.folded(),
+            branch7x7dbl_1: self.branch7x7dbl_1.folded(),
+            branch7x7dbl_2: self.branch7x7dbl_2.folded(),
+            branch7x7dbl_3: self.branch7x7dbl_3.folded(),
+            branch7x7dbl_4: self.branch7x7dbl_4.folded(),
+            branch7x7dbl_5: self.branch7x7dbl_5.folded(),
+            branch_pool: self.branch_pool.folded(),
+            ..self
+        }
+    }
+}
+
+impl InceptionC {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let b1 = self.branch1x1.forward(x.clone());
         let b7 = [&self.branch7x7_1, &self.branch7x7_2, &self.branch7x7_3]
@@ -295,6 +374,20 @@ pub struct InceptionD {
     pub branch7x7x3_4: BasicConv,
     /// The max-pool branch.
     pub pool: MaxPool2d,
+}
+
+impl InceptionD {
+    fn folded(self) -> Self {
+        Self {
+            branch3x3_1: self.branch3x3_1.folded(),
+            branch3x3_2: self.branch3x3_2.folded(),
+            branch7x7x3_1: self.branch7x7x3_1.folded(),
+            branch7x7x3_2: self.branch7x7x3_2.folded(),
+            branch7x7x3_3: self.branch7x7x3_3.folded(),
+            branch7x7x3_4: self.branch7x7x3_4.folded(),
+            ..self
+        }
+    }
 }
 
 impl InceptionD {
@@ -340,6 +433,23 @@ pub struct InceptionE {
 }
 
 impl InceptionE {
+    fn folded(self) -> Self {
+        Self {
+            branch1x1: self.branch1x1.folded(),
+            branch3x3_1: self.branch3x3_1.folded(),
+            branch3x3_2a: self.branch3x3_2a.folded(),
+            branch3x3_2b: self.branch3x3_2b.folded(),
+            branch3x3dbl_1: self.branch3x3dbl_1.folded(),
+            branch3x3dbl_2: self.branch3x3dbl_2.folded(),
+            branch3x3dbl_3a: self.branch3x3dbl_3a.folded(),
+            branch3x3dbl_3b: self.branch3x3dbl_3b.folded(),
+            branch_pool: self.branch_pool.folded(),
+            ..self
+        }
+    }
+}
+
+impl InceptionE {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let b1 = self.branch1x1.forward(x.clone());
         let b3 = self.branch3x3_1.forward(x.clone());
@@ -365,6 +475,16 @@ pub struct AuxHead {
     pub conv1: BasicConv,
     /// The classifier.
     pub fc: Linear,
+}
+
+impl AuxHead {
+    fn folded(self) -> Self {
+        Self {
+            conv0: self.conv0.folded(),
+            conv1: self.conv1.folded(),
+            ..self
+        }
+    }
 }
 
 impl AuxHead {
@@ -587,6 +707,27 @@ impl InceptionV3 {
     pub fn classify(&self, features: Tensor<4>) -> Tensor<2> {
         let pooled: Tensor<2> = features.mean_dims(&[2, 3]).flatten(1, 3);
         self.fc.forward(self.dropout.forward(pooled))
+    }
+
+    /// Every BatchNorm folded into its convolution: the same logits in inference mode, one
+    /// pass less per layer. For inference only (a folded network must not train).
+    pub fn folded(self) -> Self {
+        Self {
+            stem: self.stem.folded(),
+            mixed_5b: self.mixed_5b.folded(),
+            mixed_5c: self.mixed_5c.folded(),
+            mixed_5d: self.mixed_5d.folded(),
+            mixed_6a: self.mixed_6a.folded(),
+            mixed_6b: self.mixed_6b.folded(),
+            mixed_6c: self.mixed_6c.folded(),
+            mixed_6d: self.mixed_6d.folded(),
+            mixed_6e: self.mixed_6e.folded(),
+            aux_logits: self.aux_logits.map(AuxHead::folded),
+            mixed_7a: self.mixed_7a.folded(),
+            mixed_7b: self.mixed_7b.folded(),
+            mixed_7c: self.mixed_7c.folded(),
+            ..self
+        }
     }
 
     /// The blocks in execution order with their Keras names (for per-block counts).

@@ -819,10 +819,14 @@ pub fn conv2d(
         Kind::Dense => conv.dense_forward(&x, w),
     };
     if let Some(bias) = bias {
+        // In parallel, 256 pixels a task: with BatchNorm folded into the convolutions
+        // (inference), this pass replaces BatchNorm's, which is parallel too.
         let bias = &bias.storage::<f32>()[..conv.c_out];
-        for pixel in out.chunks_exact_mut(conv.c_out) {
-            add_assign(pixel, bias);
-        }
+        for_each_plane(&mut out, 256 * conv.c_out, |_, pixels| {
+            for pixel in pixels.chunks_exact_mut(conv.c_out) {
+                add_assign(pixel, bias);
+            }
+        });
     }
     Some(channels_last_tensor(out, conv.out_dims()))
 }
