@@ -529,13 +529,15 @@ pub fn export(model: &Network, config: &ModelConfig, format: Format) -> Vec<(Str
         .into_iter()
         .filter_map(|slot| {
             let name = slot.name(format)?.to_string();
-            let data = gather.tensors.get(&slot.burn)?;
-            let shape = data.shape().to_vec();
             if slot.kind == Kind::UnitGamma {
+                // Shaped like the shift (its Burn path), which its own slot takes later.
+                let shape = gather.tensors.get(&slot.burn)?.shape().to_vec();
                 let ones = vec![1f32; shape.iter().product()];
                 return Some((name, TensorData::new(ones, shape)));
             }
-            let values = data.clone().try_into_vec::<f32>().ok()?;
+            let data = gather.tensors.remove(&slot.burn)?;
+            let shape = data.shape().to_vec();
+            let values = data.try_into_vec::<f32>().ok()?;
             let (values, shape) = to_format(format, slot.kind, &values, &shape);
             Some((name, TensorData::new(values, shape)))
         })

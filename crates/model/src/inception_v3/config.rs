@@ -63,7 +63,7 @@ impl InceptionV3Config {
         if !(self.aux_loss_weight.is_finite() && self.aux_loss_weight >= 0.0) {
             return Err(ConfigError::BadAuxWeight(self.aux_loss_weight));
         }
-        let grid = super::plan::aux_grid(self.input_size);
+        let grid = super::plan::aux_grid(self);
         if self.aux_logits && grid < super::plan::AUX_MIN_GRID {
             return Err(ConfigError::AuxTooSmall {
                 input_size: self.input_size,

@@ -13,7 +13,9 @@ pub use module::{
     InceptionV3, KerasBatchNorm, Stem,
 };
 pub use names::slots;
-pub use plan::{AUX_MIN_GRID, BlockKind, BlockPlan, ConvPlan, Padding, aux_grid, plan, summary};
+pub use plan::{
+    AUX_MIN_GRID, BlockKind, BlockPlan, ConvPlan, Padding, aux_grid, aux_input, plan, summary,
+};
 
 #[cfg(test)]
 mod tests;

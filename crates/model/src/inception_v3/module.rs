@@ -595,11 +595,7 @@ impl InceptionV3 {
         };
         let (b6a, b7a) = (builder("mixed_6a"), builder("mixed_7a"));
         let aux_logits = config.aux_logits.then(|| {
-            let grid = blocks
-                .iter()
-                .find(|b| b.name == AUX_INPUT_BLOCK)
-                .map_or(0, |b| b.out_channels);
-            let convs = aux_convs(config, grid);
+            let convs = aux_convs(config, &blocks);
             let hidden = convs[1].out_channels;
             AuxHead {
                 pool: AvgPool2dConfig::new([5, 5]).with_strides([3, 3]).init(),

@@ -53,7 +53,7 @@ pub fn slots(config: &InceptionV3Config) -> Vec<Slot> {
             conv_slots(&mut slots, &burn, &timm, keras_index.next(), scale);
         }
         if block.name == AUX_INPUT_BLOCK && config.aux_logits {
-            for conv in aux_convs(config, block.out_channels) {
+            for conv in aux_convs(config, &blocks) {
                 let burn = format!("aux_logits.{}", conv.field);
                 let timm = format!("AuxLogits.{}", conv.timm);
                 conv_slots(&mut slots, &burn, &timm, None, scale);

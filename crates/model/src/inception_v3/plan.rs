@@ -367,19 +367,27 @@ pub fn plan(config: &InceptionV3Config) -> Vec<BlockPlan> {
     blocks
 }
 
-/// Side of the 17x17 grid (at 299) that the auxiliary classifier reads: the output of
-/// `mixed7` (timm's `Mixed_6e`).
-pub fn aux_grid(input_size: usize) -> usize {
-    let size = out_size(input_size, 3, 2, Padding::Valid);
-    let size = out_size(size, 3, 1, Padding::Valid);
-    let size = out_size(pool_size(size), 3, 1, Padding::Valid);
-    pool_size(pool_size(size))
+/// The block whose output the auxiliary classifier reads: `mixed7` (timm's `Mixed_6e`).
+pub fn aux_input(blocks: &[BlockPlan]) -> &BlockPlan {
+    blocks
+        .iter()
+        .find(|b| b.name == AUX_INPUT_BLOCK)
+        .unwrap_or_else(|| unreachable!("the plan always has {AUX_INPUT_BLOCK}"))
+}
+
+/// Side of the grid (17x17 at 299) that the auxiliary classifier reads.
+pub fn aux_grid(config: &InceptionV3Config) -> usize {
+    aux_input(&plan(config)).output_size
 }
 
 /// The auxiliary classifier's convolutions (timm's `AuxLogits.conv0`, `.conv1`), reading the
-/// 5x5 stride-3 average pool of the `mixed7` output with `in_channels` channels.
-pub fn aux_convs(config: &InceptionV3Config, in_channels: usize) -> Vec<ConvPlan> {
-    let pooled = out_size(aux_grid(config.input_size), 5, 3, Padding::Valid);
+/// 5x5 stride-3 average pool of [`aux_input`]'s output.
+pub fn aux_convs(config: &InceptionV3Config, blocks: &[BlockPlan]) -> Vec<ConvPlan> {
+    let input = aux_input(blocks);
+    let (in_channels, pooled) = (
+        input.out_channels,
+        out_size(input.output_size, 5, 3, Padding::Valid),
+    );
     let mut convs = Convs {
         config,
         input_size: pooled,
@@ -531,11 +539,8 @@ pub fn summary(config: &InceptionV3Config) -> Summary {
     let features = plan.last().map_or(0, |b| b.out_channels);
     let classes = config.num_classes;
     if config.aux_logits {
-        let grid_channels = plan
-            .iter()
-            .find(|b| b.name == AUX_INPUT_BLOCK)
-            .map_or(0, |b| b.out_channels);
-        let convs = aux_convs(config, grid_channels);
+        let grid_channels = aux_input(&plan).out_channels;
+        let convs = aux_convs(config, &plan);
         let pooled = convs[0].output_size;
         let mut aux = vec![pool_layer(
             "aux",

@@ -132,7 +132,7 @@ fn smallest_input_runs_and_the_aux_head_needs_299() {
         aux.validate().map_err(|e| e.field()),
         Err("model.aux_logits")
     );
-    assert_eq!(super::aux_grid(299), 17);
+    assert_eq!(super::aux_grid(&InceptionV3Config::default()), 17);
 }
 
 #[test]
