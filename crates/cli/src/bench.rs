@@ -30,8 +30,41 @@ pub struct PipelineBench<'a> {
     pub threads: &'a [usize],
     /// Output side.
     pub size: u32,
+    /// Training's or evaluation's transform.
+    pub transform: PipelineTransform,
     /// Timed passes over the files per thread count (the median is reported).
     pub repeats: usize,
+}
+
+/// The transform the data pipeline benchmark applies after decoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PipelineTransform {
+    /// Inception's random resized crop (area 0.05-1, aspect 3/4-4/3) and a horizontal flip.
+    Train,
+    /// The central 87.5% of each side, resized (what `xception eval` does).
+    Eval,
+}
+
+impl PipelineTransform {
+    fn transform(self, size: u32) -> Transform {
+        match self {
+            Self::Train => Transform::Train {
+                size,
+                crop: RandomResizedCrop::default(),
+            },
+            Self::Eval => Transform::Eval {
+                size,
+                crop_pct: 0.875,
+            },
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Train => "random resized crop (area 0.05-1) + flip",
+            Self::Eval => "central 87.5% crop",
+        }
+    }
 }
 
 /// One measurement.
@@ -114,10 +147,7 @@ pub fn pipeline(options: &PipelineBench) -> Result<PipelineReport> {
                 seed: 0,
                 shuffle: true,
                 drop_last: false,
-                transform: Transform::Train {
-                    size: options.size,
-                    crop: RandomResizedCrop::default(),
-                },
+                transform: options.transform.transform(options.size),
             },
         )?;
         // One untimed pass warms the page cache and the allocator.
@@ -138,8 +168,8 @@ pub fn pipeline(options: &PipelineBench) -> Result<PipelineReport> {
     }
     Ok(PipelineReport {
         pipeline: format!(
-            "read + decode + random resized crop (area 0.05-1) + flip + normalise to {0}x{0}, \
-             batches of 32",
+            "read + decode + {} + normalise to {1}x{1}, batches of 32",
+            options.transform.describe(),
             options.size
         ),
         files: count,

@@ -207,6 +207,10 @@ struct BenchArgs {
     /// Worker thread counts to measure, comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = [1, 2])]
     threads: Vec<usize>,
+    /// The data pipeline's transform: training's random resized crop and flip, or
+    /// evaluation's central 87.5% crop.
+    #[arg(long, value_enum, default_value_t = bench::PipelineTransform::Train)]
+    transform: bench::PipelineTransform,
     /// Image side in pixels: the crop's output (data) or the model's input (inference).
     #[arg(long, default_value_t = 299)]
     size: u32,
@@ -513,6 +517,7 @@ fn bench_command(args: BenchArgs) -> Result<()> {
                 photos: args.photos,
                 threads: &args.threads,
                 size: args.size,
+                transform: args.transform,
                 repeats,
             })?;
             let mut summary = format!(

@@ -158,43 +158,96 @@ impl Transform {
     }
 }
 
-/// Filter taps of one output position: the first input index and the normalised weights.
-struct Taps {
-    start: usize,
+/// Pillow's antialiased bilinear taps of one axis, every output position with the same
+/// number of weights (zero-padded at the ends), so that the inner loops have a fixed length.
+struct AxisTaps {
+    /// First input index of each output position.
+    starts: Vec<usize>,
+    /// `len` weights per output position.
     weights: Vec<f32>,
+    len: usize,
 }
 
-/// Pillow's antialiased bilinear taps for `out` positions over `[offset, offset + length)` of
-/// an axis of `input` pixels.
-fn taps(input: usize, offset: f64, length: f64, out: usize) -> Vec<Taps> {
-    let scale = length / out as f64;
+impl AxisTaps {
+    /// The taps of `out` positions over `[offset, offset + length)` of an axis of `input`
+    /// pixels.
+    fn new(input: usize, offset: f64, length: f64, out: usize) -> Self {
+        // Each position's trimmed run: (first input index, where in `flat`, how many).
+        let mut runs = Vec::with_capacity(out);
+        let mut flat = Vec::new();
+        for i in 0..out {
+            let at = flat.len();
+            let start = pillow_taps(input, offset, length / out as f64, i, &mut flat);
+            runs.push((start, at, flat.len() - at));
+        }
+        let len = runs.iter().map(|run| run.2).max().unwrap_or(0).max(1);
+        let mut starts = Vec::with_capacity(out);
+        let mut weights = vec![0f32; out * len];
+        for (i, &(start, at, count)) in runs.iter().enumerate() {
+            // Near the image's end the padded run starts earlier, so that it stays inside;
+            // `len` never exceeds `input`, since every trimmed run lies inside the axis.
+            let padded_start = start.min(input.saturating_sub(len));
+            let to = i * len + (start - padded_start);
+            for (dst, &w) in weights[to..to + count]
+                .iter_mut()
+                .zip(&flat[at..at + count])
+            {
+                *dst = w as f32;
+            }
+            starts.push(padded_start);
+        }
+        Self {
+            starts,
+            weights,
+            len,
+        }
+    }
+
+    fn weights(&self, i: usize) -> &[f32] {
+        &self.weights[i * self.len..(i + 1) * self.len]
+    }
+
+    /// The input range that the taps read.
+    fn span(&self) -> std::ops::Range<usize> {
+        let first = self.starts.iter().copied().min().unwrap_or(0);
+        let last = self
+            .starts
+            .iter()
+            .copied()
+            .max()
+            .map_or(0, |s| s + self.len);
+        first..last
+    }
+}
+
+/// Appends output position `i`'s normalised weights to `weights`, zero weights trimmed at
+/// both ends, and returns the input index of the first (Pillow's filter: a triangle whose
+/// radius is the scale when shrinking).
+fn pillow_taps(input: usize, offset: f64, scale: f64, i: usize, weights: &mut Vec<f64>) -> usize {
     let filter_scale = scale.max(1.0);
     let support = filter_scale; // the triangle filter's radius is 1 at scale 1
-    (0..out)
-        .map(|i| {
-            let center = offset + (i as f64 + 0.5) * scale;
-            let start = ((center - support + 0.5).floor().max(0.0)) as usize;
-            let end = ((center + support + 0.5).floor() as usize).min(input);
-            let mut weights: Vec<f64> = (start..end)
-                .map(|x| {
-                    let t = ((x as f64 - center + 0.5) / filter_scale).abs();
-                    (1.0 - t).max(0.0)
-                })
-                .collect();
-            let total: f64 = weights.iter().sum();
-            if total > 0.0 {
-                weights.iter_mut().for_each(|w| *w /= total);
-            }
-            // Trim zero taps at both ends so the inner loops stay short.
-            let first = weights.iter().position(|&w| w != 0.0).unwrap_or(0);
-            let last = weights.iter().rposition(|&w| w != 0.0).map_or(0, |p| p + 1);
-            let last = last.max(first);
-            Taps {
-                start: start + first,
-                weights: weights[first..last].iter().map(|&w| w as f32).collect(),
-            }
-        })
-        .collect()
+    let center = offset + (i as f64 + 0.5) * scale;
+    let start = ((center - support + 0.5).floor().max(0.0)) as usize;
+    let end = ((center + support + 0.5).floor() as usize).min(input);
+    let at = weights.len();
+    weights.extend((start..end).map(|x| {
+        let t = ((x as f64 - center + 0.5) / filter_scale).abs();
+        (1.0 - t).max(0.0)
+    }));
+    let run = &mut weights[at..];
+    let total: f64 = run.iter().sum();
+    if total > 0.0 {
+        run.iter_mut().for_each(|w| *w /= total);
+    }
+    let first = run.iter().position(|&w| w != 0.0).unwrap_or(0);
+    let last = run
+        .iter()
+        .rposition(|&w| w != 0.0)
+        .map_or(0, |p| p + 1)
+        .max(first);
+    weights.truncate(at + last);
+    weights.drain(at..at + first);
+    start + first
 }
 
 /// Resizes `crop` of `image` to `(out_w, out_h)`, optionally mirrored, into `out` as planar
@@ -212,68 +265,120 @@ pub fn resize_into(
         "output slot has the wrong size"
     );
     let (width, height) = (image.width() as usize, image.height() as usize);
-    let columns = taps(width, crop.x, crop.width, out_w);
-    let rows = taps(height, crop.y, crop.height, out_h);
-    let row_min = rows.iter().map(|t| t.start).min().unwrap_or(0);
-    let row_max = rows
-        .iter()
-        .map(|t| t.start + t.weights.len())
-        .max()
-        .unwrap_or(0);
-    let pixels = image.as_raw();
-    let stride = width * 3;
+    let columns = AxisTaps::new(width, crop.x, crop.width, out_w);
+    let rows = AxisTaps::new(height, crop.y, crop.height, out_h);
+    let (row_span, column_span) = (rows.span(), columns.span());
 
-    // Both passes reuse per-thread buffers: a fresh megabyte per image costs page faults.
-    SCRATCH.with_borrow_mut(|(horizontal, accumulator)| {
-        // Horizontal pass over only the rows the vertical pass reads: [rows, out_w, 3].
-        horizontal.clear();
-        horizontal.resize((row_max - row_min) * out_w * 3, 0.0);
-        for (r, y) in (row_min..row_max).enumerate() {
-            let line = &pixels[y * stride..(y + 1) * stride];
-            let dst = &mut horizontal[r * out_w * 3..(r + 1) * out_w * 3];
-            for (i, tap) in columns.iter().enumerate() {
-                let (mut red, mut green, mut blue) = (0f32, 0f32, 0f32);
-                let src = &line[tap.start * 3..(tap.start + tap.weights.len()) * 3];
-                for (px, &w) in src.chunks_exact(3).zip(&tap.weights) {
-                    red += f32::from(px[0]) * w;
-                    green += f32::from(px[1]) * w;
-                    blue += f32::from(px[2]) * w;
-                }
-                dst[i * 3] = red;
-                dst[i * 3 + 1] = green;
-                dst[i * 3 + 2] = blue;
+    // Per-thread buffers: a fresh megabyte per image costs page faults and clearing.
+    SCRATCH.with_borrow_mut(|scratch| {
+        let Scratch {
+            pixels,
+            horizontal,
+            accumulator,
+        } = scratch;
+        // Horizontal pass over only the rows the vertical pass reads: [rows, out_w, 3],
+        // plus one value, since each pixel is stored as four lanes.
+        let line_len = out_w * 3;
+        grow(horizontal, row_span.len() * line_len + 1);
+        grow(pixels, column_span.len());
+        for (r, y) in row_span.clone().enumerate() {
+            let line = &image.as_raw()[y * width * 3..(y + 1) * width * 3];
+            for (dst, px) in pixels
+                .iter_mut()
+                .zip(line[column_span.start * 3..column_span.end * 3].chunks_exact(3))
+            {
+                *dst = [f32::from(px[0]), f32::from(px[1]), f32::from(px[2]), 0.0];
             }
+            let dst = &mut horizontal[r * line_len..(r + 1) * line_len + 1];
+            horizontal_pass(pixels, &columns, column_span.start, dst);
         }
 
         // Vertical pass, normalisation and flip, into planar output.
         let plane = out_w * out_h;
         let (red_plane, rest) = out.split_at_mut(plane);
         let (green_plane, blue_plane) = rest.split_at_mut(plane);
-        accumulator.resize(out_w * 3, 0.0);
-        for (j, tap) in rows.iter().enumerate() {
-            accumulator.fill(0.0);
-            for (k, &w) in tap.weights.iter().enumerate() {
-                let r = tap.start + k - row_min;
-                let src = &horizontal[r * out_w * 3..(r + 1) * out_w * 3];
-                for (a, &s) in accumulator.iter_mut().zip(src) {
+        grow(accumulator, line_len);
+        let accumulator = &mut accumulator[..line_len];
+        for j in 0..out_h {
+            let line = |k: usize| {
+                let r = rows.starts[j] + k - row_span.start;
+                &horizontal[r * line_len..(r + 1) * line_len]
+            };
+            let weights = rows.weights(j);
+            for (a, &s) in accumulator.iter_mut().zip(line(0)) {
+                *a = s * weights[0];
+            }
+            for (k, &w) in weights.iter().enumerate().skip(1) {
+                for (a, &s) in accumulator.iter_mut().zip(line(k)) {
                     *a += s * w;
                 }
             }
-            let row = j * out_w;
-            for i in 0..out_w {
-                let x = if flip { out_w - 1 - i } else { i };
-                let a = &accumulator[i * 3..i * 3 + 3];
-                red_plane[row + x] = a[0] / 127.5 - 1.0;
-                green_plane[row + x] = a[1] / 127.5 - 1.0;
-                blue_plane[row + x] = a[2] / 127.5 - 1.0;
-            }
+            accumulator.iter_mut().for_each(|a| *a = *a / 127.5 - 1.0);
+            let row = j * out_w..(j + 1) * out_w;
+            let planes = [
+                &mut red_plane[row.clone()],
+                &mut green_plane[row.clone()],
+                &mut blue_plane[row],
+            ];
+            split_channels(accumulator, planes, flip);
         }
     });
 }
 
+/// Interleaved RGB values into three planes' rows, mirrored if `flip`.
+fn split_channels(pixels: &[f32], [red, green, blue]: [&mut [f32]; 3], flip: bool) {
+    let planes = red.iter_mut().zip(green.iter_mut()).zip(blue.iter_mut());
+    let write = |((r, g), b): ((&mut f32, &mut f32), &mut f32), px: &[f32]| {
+        (*r, *g, *b) = (px[0], px[1], px[2]);
+    };
+    if flip {
+        planes
+            .rev()
+            .zip(pixels.chunks_exact(3))
+            .for_each(|(dst, px)| write(dst, px));
+    } else {
+        planes
+            .zip(pixels.chunks_exact(3))
+            .for_each(|(dst, px)| write(dst, px));
+    }
+}
+
+/// One row of the horizontal pass: `pixels` (four lanes each, from input column `first`)
+/// filtered into `dst`'s `[out_w, 3]` values. Each pixel is stored as four lanes, the fourth
+/// overwritten by the next pixel's red, hence `dst`'s one extra value.
+fn horizontal_pass(pixels: &[[f32; 4]], columns: &AxisTaps, first: usize, dst: &mut [f32]) {
+    for (i, &start) in columns.starts.iter().enumerate() {
+        let mut sum = [0f32; 4];
+        let source = &pixels[start - first..start - first + columns.len];
+        for (px, &w) in source.iter().zip(columns.weights(i)) {
+            for lane in 0..4 {
+                sum[lane] += px[lane] * w;
+            }
+        }
+        dst[i * 3..i * 3 + 4].copy_from_slice(&sum);
+    }
+}
+
+/// Lengthens `buffer` to at least `len` without clearing what it holds: every value the
+/// passes read was written first in the same call.
+fn grow<T: Copy + Default>(buffer: &mut Vec<T>, len: usize) {
+    if buffer.len() < len {
+        buffer.resize(len, T::default());
+    }
+}
+
+#[derive(Default)]
+struct Scratch {
+    /// One input row's crop columns as four-lane floats.
+    pixels: Vec<[f32; 4]>,
+    /// The horizontal pass's rows.
+    horizontal: Vec<f32>,
+    /// One output row of the vertical pass.
+    accumulator: Vec<f32>,
+}
+
 thread_local! {
-    static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
-        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
 #[cfg(test)]
@@ -330,6 +435,36 @@ mod tests {
         };
         let difference = max_difference_to_pillow("resize_up.png", crop);
         assert!(difference <= 1.5, "max difference {difference}");
+    }
+
+    #[test]
+    fn padded_taps_weigh_the_same_pixels_as_pillows() {
+        // Whole axes, crops touching the far edge (where a padded run must start earlier),
+        // enlargements, and axes shorter than the filter.
+        let cases = [
+            (500, 0.0, 500.0, 299),
+            (375, 23.0, 352.0, 299),
+            (40, 30.0, 10.0, 25),
+            (7, 0.0, 7.0, 3),
+            (1, 0.0, 1.0, 4),
+        ];
+        for (input, offset, length, out) in cases {
+            let taps = AxisTaps::new(input, offset, length, out);
+            assert!(taps.span().end <= input, "{input}: reads past the axis");
+            for i in 0..out {
+                let mut weights = Vec::new();
+                let start = pillow_taps(input, offset, length / out as f64, i, &mut weights);
+                let mut expected = vec![0f32; input];
+                for (k, &w) in weights.iter().enumerate() {
+                    expected[start + k] = w as f32;
+                }
+                let mut got = vec![0f32; input];
+                for (k, &w) in taps.weights(i).iter().enumerate() {
+                    got[taps.starts[i] + k] += w;
+                }
+                assert_eq!(got, expected, "axis {input}, output {i}");
+            }
+        }
     }
 
     #[test]
