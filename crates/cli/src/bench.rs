@@ -54,7 +54,7 @@ impl PipelineTransform {
             },
             Self::Eval => Transform::Eval {
                 size,
-                crop_pct: 0.875,
+                crop_pct: xception_data::INCEPTION_CROP_PCT,
             },
         }
     }

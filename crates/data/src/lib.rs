@@ -24,4 +24,4 @@ pub use dataset::{ClassInfo, Dataset, DatasetOptions, Layout, Split, open};
 pub use error::DataError;
 pub use loader::{BadFile, EpochIter, HostBatch, Loader, LoaderConfig, Shard, share};
 pub use synth::SynthOptions;
-pub use transform::{RandomResizedCrop, Transform};
+pub use transform::{INCEPTION_CROP_PCT, RandomResizedCrop, Transform};

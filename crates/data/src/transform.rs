@@ -99,6 +99,9 @@ impl RandomResizedCrop {
     }
 }
 
+/// The fraction of each side that Inception's evaluation keeps (`central_crop(0.875)`).
+pub const INCEPTION_CROP_PCT: f64 = 0.875;
+
 /// TensorFlow's `central_crop`: the central `fraction` of each side (not a square).
 pub fn central_crop(width: u32, height: u32, fraction: f64) -> CropBox {
     let side = |size: u32| {
@@ -173,11 +176,12 @@ impl AxisTaps {
     /// pixels.
     fn new(input: usize, offset: f64, length: f64, out: usize) -> Self {
         // Each position's trimmed run: (first input index, where in `flat`, how many).
+        let scale = length / out as f64;
         let mut runs = Vec::with_capacity(out);
         let mut flat = Vec::new();
         for i in 0..out {
             let at = flat.len();
-            let start = pillow_taps(input, offset, length / out as f64, i, &mut flat);
+            let start = pillow_taps(input, offset, scale, i, &mut flat);
             runs.push((start, at, flat.len() - at));
         }
         let len = runs.iter().map(|run| run.2).max().unwrap_or(0).max(1);

@@ -49,7 +49,7 @@ impl Default for DataConfig {
             workers: 2,
             prefetch: 4,
             crop: RandomResizedCrop::default(),
-            eval_crop_pct: 0.875,
+            eval_crop_pct: xception_data::INCEPTION_CROP_PCT,
             synth: None,
         }
     }

@@ -160,7 +160,7 @@ fn load_file(
         config: file.config,
         classes,
         source,
-        crop_pct: 0.875,
+        crop_pct: xception_data::INCEPTION_CROP_PCT,
         notes: file.notes,
     })
 }
