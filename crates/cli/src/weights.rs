@@ -9,7 +9,7 @@ use anyhow::{Result, bail};
 use burn::tensor::{Tensor, TensorData, activation::softmax};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use xception_data::decode::decode_file;
+use xception_data::decode::read_file;
 use xception_data::rng::Rng;
 use xception_data::{ClassInfo, DatasetOptions, Layout, Loader, LoaderConfig, Split, Transform};
 use xception_model::interop::Format;
@@ -278,17 +278,15 @@ pub fn predict(
     // BatchNorm folded into the convolutions for this run only (the weights file is untouched).
     let model = loaded.model.folded();
     for image in images {
-        let decoded = match decode_file(image) {
-            Ok(decoded) => decoded,
-            Err(reason) => {
-                // Reported and skipped: one bad file must not cost the other predictions.
-                eprintln!("{}: {reason}", image.display());
-                unreadable += 1;
-                continue;
-            }
-        };
         let mut pixels = vec![0f32; 3 * size * size];
-        transform.apply(&decoded, &mut Rng::new(0), &mut pixels);
+        let decoded = read_file(image)
+            .and_then(|bytes| transform.apply_encoded(&bytes, &mut Rng::new(0), &mut pixels));
+        if let Err(reason) = decoded {
+            // Reported and skipped: one bad file must not cost the other predictions.
+            eprintln!("{}: {reason}", image.display());
+            unreadable += 1;
+            continue;
+        }
         let input = Tensor::<4>::from_data(TensorData::new(pixels, [1, 3, size, size]), &device);
         let logits = model.forward(input);
         let probabilities = softmax(logits.clone(), 1);

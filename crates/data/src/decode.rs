@@ -5,6 +5,9 @@ use std::io::Cursor;
 use std::path::Path;
 
 use image::{ImageReader, RgbImage};
+use zune_core::bytestream::ZCursor;
+use zune_core::colorspace::ColorSpace;
+use zune_core::options::DecoderOptions;
 
 /// Decodes an encoded image of any supported format (JPEG, PNG, GIF, BMP, WebP, TIFF) into
 /// RGB8. Grayscale is replicated, alpha dropped, 16-bit scaled, CMYK converted. A decoder
@@ -19,10 +22,7 @@ pub fn decode(bytes: &[u8]) -> Result<RgbImage, String> {
     if reader.format().is_none() {
         return Err("not an image (unrecognised content)".to_string());
     }
-    // A decoder bug must cost one file, not the epoch or the check.
-    let image = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.decode()))
-        .map_err(|_| "the decoder panicked on this file".to_string())?
-        .map_err(|e| e.to_string())?;
+    let image = catch_decoder_panic(|| reader.decode())?;
     if image.width() == 0 || image.height() == 0 {
         return Err("image has no pixels".to_string());
     }
@@ -31,8 +31,92 @@ pub fn decode(bytes: &[u8]) -> Result<RgbImage, String> {
 
 /// Reads and decodes `path`; the error is the reason, ready to report beside the path.
 pub fn decode_file(path: &Path) -> Result<RgbImage, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-    decode(&bytes)
+    decode(&read_file(path)?)
+}
+
+/// Reads `path`; the error is the reason, ready to report beside the path.
+pub fn read_file(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read: {e}"))
+}
+
+/// The most bytes a decoded image may take, as `image`'s default limit.
+const MAX_DECODED_BYTES: usize = 512 << 20;
+
+/// A baseline or progressive JPEG in YCbCr or RGB (what photographs are), its headers read,
+/// ready to decode only the part of it a crop reads. Other files, grayscale and CMYK JPEGs
+/// included, go through [`decode`].
+pub struct JpegRegion<'a> {
+    decoder: zune_jpeg::JpegDecoder<ZCursor<&'a [u8]>>,
+    width: usize,
+    height: usize,
+}
+
+impl<'a> JpegRegion<'a> {
+    /// `None` when `bytes` is not a JPEG this path takes (decode it with [`decode`]); an
+    /// error when its headers are unreadable.
+    pub fn new(bytes: &'a [u8]) -> Option<Result<Self, String>> {
+        if !bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+            return None;
+        }
+        // `image`'s options, so that both paths give the same pixels.
+        let options = DecoderOptions::default()
+            .set_strict_mode(false)
+            .set_max_width(usize::MAX)
+            .set_max_height(usize::MAX)
+            .jpeg_set_out_colorspace(ColorSpace::RGB);
+        let mut decoder = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options);
+        if let Err(error) = catch_decoder_panic(|| decoder.decode_headers()) {
+            return Some(Err(error));
+        }
+        if !matches!(
+            decoder.input_colorspace(),
+            Some(ColorSpace::YCbCr | ColorSpace::RGB)
+        ) {
+            return None;
+        }
+        let (width, height) = decoder.dimensions()?;
+        if width == 0 || height == 0 {
+            return Some(Err("image has no pixels".to_string()));
+        }
+        if width.saturating_mul(height).saturating_mul(3) > MAX_DECODED_BYTES {
+            return Some(Err(format!(
+                "image too large to decode ({width}x{height} pixels)"
+            )));
+        }
+        Some(Ok(Self {
+            decoder,
+            width,
+            height,
+        }))
+    }
+
+    /// Width and height in pixels.
+    pub fn dimensions(&self) -> (usize, usize) {
+        (self.width, self.height)
+    }
+
+    /// Decodes into `pixels` (resized to the whole image, RGB8, row by row) at least the
+    /// pixels of `columns` in the first `rows` rows; the others hold whatever they held.
+    pub fn decode_into(
+        mut self,
+        columns: std::ops::Range<usize>,
+        rows: usize,
+        pixels: &mut Vec<u8>,
+    ) -> Result<(), String> {
+        pixels.resize(self.width * self.height * 3, 0);
+        self.decoder.set_region(columns, rows);
+        catch_decoder_panic(|| self.decoder.decode_into(pixels))
+    }
+}
+
+/// Runs a decoder call; an error or a panic becomes the reason the file is bad.
+fn catch_decoder_panic<T, E: std::fmt::Display>(
+    call: impl FnOnce() -> Result<T, E>,
+) -> Result<T, String> {
+    // A decoder bug must cost one file, not the epoch or the check.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(call))
+        .map_err(|_| "the decoder panicked on this file".to_string())?
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

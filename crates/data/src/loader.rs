@@ -16,7 +16,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::Serialize;
 
 use crate::dataset::Dataset;
-use crate::decode::decode_file;
+use crate::decode::read_file;
 use crate::error::DataError;
 use crate::rng::{Rng, derive, permutation};
 use crate::transform::Transform;
@@ -327,10 +327,10 @@ impl EpochPlan {
             batch.images.resize(filled + slot, 0.0);
             let key = derive(&[self.config.seed, self.epoch, sample as u64]);
             let target = &mut batch.images[filled..];
-            let outcome = decode_file(&path).map(|image| {
+            let outcome = read_file(&path).and_then(|bytes| {
                 self.config
                     .transform
-                    .apply(&image, &mut Rng::new(key), target);
+                    .apply_encoded(&bytes, &mut Rng::new(key), target)
             });
             match outcome {
                 Ok(()) => {

@@ -4,9 +4,12 @@
 //! the scale when it shrinks. It reads only the crop's rows and columns of the decoded image
 //! and writes normalised floats, so no intermediate image is ever copied.
 
-use image::RgbImage;
+use std::ops::Deref;
+
+use image::{ImageBuffer, Rgb, RgbImage};
 use serde::{Deserialize, Serialize};
 
+use crate::decode::{JpegRegion, decode};
 use crate::rng::Rng;
 
 /// Inception's random crop: area fraction and aspect-ratio ranges, plus a horizontal flip.
@@ -149,16 +152,56 @@ impl Transform {
     /// Writes the transformed `image` into `out` (`[3, size, size]`, values `x / 127.5 - 1`).
     pub fn apply(&self, image: &RgbImage, rng: &mut Rng, out: &mut [f32]) {
         let (width, height) = image.dimensions();
-        let (crop, flip) = match self {
+        let (crop, flip) = self.plan(width, height, rng);
+        let size = self.size() as usize;
+        resize_into(image, crop, (size, size), flip, out);
+    }
+
+    /// Decodes an encoded image (any format [`decode`] takes) and writes it transformed into
+    /// `out`, as [`Transform::apply`] would: the same pixels from the same draws of `rng`.
+    /// Of a JPEG photograph, only the rows down to the crop's last and the columns it reads
+    /// are decoded. The error is the reason the file is bad.
+    pub fn apply_encoded(
+        &self,
+        bytes: &[u8],
+        rng: &mut Rng,
+        out: &mut [f32],
+    ) -> Result<(), String> {
+        let Some(jpeg) = JpegRegion::new(bytes) else {
+            self.apply(&decode(bytes)?, rng, out);
+            return Ok(());
+        };
+        let jpeg = jpeg?;
+        let (width, height) = jpeg.dimensions();
+        let (crop, flip) = self.plan(width as u32, height as u32, rng);
+        let size = self.size() as usize;
+        let columns = AxisTaps::new(width, crop.x, crop.width, size).span();
+        let rows = AxisTaps::new(height, crop.y, crop.height, size).span();
+        DECODED.with_borrow_mut(|pixels| {
+            jpeg.decode_into(columns, rows.end, pixels)?;
+            let image =
+                ImageBuffer::<Rgb<u8>, &[u8]>::from_raw(width as u32, height as u32, pixels)
+                    .ok_or("the decoder returned too few pixels")?;
+            resize_into(&image, crop, (size, size), flip, out);
+            Ok(())
+        })
+    }
+
+    /// The crop and flip for a `width` x `height` image (training draws them from `rng`).
+    fn plan(&self, width: u32, height: u32, rng: &mut Rng) -> (CropBox, bool) {
+        match self {
             Self::Train { crop, .. } => {
                 let crop_box = crop.sample(width, height, rng);
                 (crop_box, rng.chance(crop.flip))
             }
             Self::Eval { crop_pct, .. } => (central_crop(width, height, *crop_pct), false),
-        };
-        let size = self.size() as usize;
-        resize_into(image, crop, (size, size), flip, out);
+        }
     }
+}
+
+thread_local! {
+    /// Each loader thread's decoded image, reused: a fresh buffer per image costs page faults.
+    static DECODED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Pillow's antialiased bilinear taps of one axis, every output position with the same
@@ -256,8 +299,8 @@ fn pillow_taps(input: usize, offset: f64, scale: f64, i: usize, weights: &mut Ve
 
 /// Resizes `crop` of `image` to `(out_w, out_h)`, optionally mirrored, into `out` as planar
 /// RGB normalised to `[-1, 1]`.
-pub fn resize_into(
-    image: &RgbImage,
+pub fn resize_into<Pixels: Deref<Target = [u8]>>(
+    image: &ImageBuffer<Rgb<u8>, Pixels>,
     crop: CropBox,
     (out_w, out_h): (usize, usize),
     flip: bool,
@@ -271,22 +314,65 @@ pub fn resize_into(
     let (width, height) = (image.width() as usize, image.height() as usize);
     let columns = AxisTaps::new(width, crop.x, crop.width, out_w);
     let rows = AxisTaps::new(height, crop.y, crop.height, out_h);
-    let (row_span, column_span) = (rows.span(), columns.span());
 
     // Per-thread buffers: a fresh megabyte per image costs page faults and clearing.
     SCRATCH.with_borrow_mut(|scratch| {
+        pulp::Arch::new().dispatch(Passes {
+            image: &image.as_raw()[..],
+            width,
+            columns: &columns,
+            rows: &rows,
+            out_w,
+            out_h,
+            flip,
+            out,
+            scratch,
+        })
+    });
+}
+
+/// The two passes of [`resize_into`], run compiled for the widest SIMD the CPU has (AVX2 or
+/// AVX-512, picked at run time): the crate builds for baseline x86-64, where they vectorise
+/// to SSE2 only. Every path adds the same products in the same order (no fused
+/// multiply-adds), so the output does not depend on the CPU.
+struct Passes<'a> {
+    image: &'a [u8],
+    width: usize,
+    columns: &'a AxisTaps,
+    rows: &'a AxisTaps,
+    out_w: usize,
+    out_h: usize,
+    flip: bool,
+    out: &'a mut [f32],
+    scratch: &'a mut Scratch,
+}
+
+impl pulp::WithSimd for Passes<'_> {
+    type Output = ();
+
+    // Inlined, with what it calls, into pulp's function for each instruction set.
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(mut self, _simd: S) {
+        self.horizontal();
+        self.vertical();
+    }
+}
+
+impl Passes<'_> {
+    /// Filters each row the vertical pass reads into `scratch.horizontal`: `[rows, out_w, 3]`
+    /// plus one value, since each pixel is stored as four lanes.
+    #[inline(always)]
+    fn horizontal(&mut self) {
+        let (row_span, column_span) = (self.rows.span(), self.columns.span());
         let Scratch {
-            pixels,
-            horizontal,
-            accumulator,
-        } = scratch;
-        // Horizontal pass over only the rows the vertical pass reads: [rows, out_w, 3],
-        // plus one value, since each pixel is stored as four lanes.
-        let line_len = out_w * 3;
+            pixels, horizontal, ..
+        } = &mut *self.scratch;
+        let line_len = self.out_w * 3;
         grow(horizontal, row_span.len() * line_len + 1);
         grow(pixels, column_span.len());
-        for (r, y) in row_span.clone().enumerate() {
-            let line = &image.as_raw()[y * width * 3..(y + 1) * width * 3];
+        let row_bytes = self.width * 3;
+        for (r, y) in row_span.enumerate() {
+            let line = &self.image[y * row_bytes..(y + 1) * row_bytes];
             for (dst, px) in pixels
                 .iter_mut()
                 .zip(line[column_span.start * 3..column_span.end * 3].chunks_exact(3))
@@ -294,18 +380,29 @@ pub fn resize_into(
                 *dst = [f32::from(px[0]), f32::from(px[1]), f32::from(px[2]), 0.0];
             }
             let dst = &mut horizontal[r * line_len..(r + 1) * line_len + 1];
-            horizontal_pass(pixels, &columns, column_span.start, dst);
+            horizontal_pass(pixels, self.columns, column_span.start, dst);
         }
+    }
 
-        // Vertical pass, normalisation and flip, into planar output.
-        let plane = out_w * out_h;
-        let (red_plane, rest) = out.split_at_mut(plane);
+    /// The vertical pass, normalisation and flip, into the planar output.
+    #[inline(always)]
+    fn vertical(self) {
+        let (rows, out_w) = (self.rows, self.out_w);
+        let first_row = rows.span().start;
+        let Scratch {
+            horizontal,
+            accumulator,
+            ..
+        } = self.scratch;
+        let line_len = out_w * 3;
+        let plane = out_w * self.out_h;
+        let (red_plane, rest) = self.out.split_at_mut(plane);
         let (green_plane, blue_plane) = rest.split_at_mut(plane);
         grow(accumulator, line_len);
         let accumulator = &mut accumulator[..line_len];
-        for j in 0..out_h {
+        for j in 0..self.out_h {
             let line = |k: usize| {
-                let r = rows.starts[j] + k - row_span.start;
+                let r = rows.starts[j] + k - first_row;
                 &horizontal[r * line_len..(r + 1) * line_len]
             };
             let weights = rows.weights(j);
@@ -324,12 +421,13 @@ pub fn resize_into(
                 &mut green_plane[row.clone()],
                 &mut blue_plane[row],
             ];
-            split_channels(accumulator, planes, flip);
+            split_channels(accumulator, planes, self.flip);
         }
-    });
+    }
 }
 
 /// Interleaved RGB values into three planes' rows, mirrored if `flip`.
+#[inline(always)]
 fn split_channels(pixels: &[f32], [red, green, blue]: [&mut [f32]; 3], flip: bool) {
     let planes = red.iter_mut().zip(green.iter_mut()).zip(blue.iter_mut());
     let write = |((r, g), b): ((&mut f32, &mut f32), &mut f32), px: &[f32]| {
@@ -350,6 +448,7 @@ fn split_channels(pixels: &[f32], [red, green, blue]: [&mut [f32]; 3], flip: boo
 /// One row of the horizontal pass: `pixels` (four lanes each, from input column `first`)
 /// filtered into `dst`'s `[out_w, 3]` values. Each pixel is stored as four lanes, the fourth
 /// overwritten by the next pixel's red, hence `dst`'s one extra value.
+#[inline(always)]
 fn horizontal_pass(pixels: &[[f32; 4]], columns: &AxisTaps, first: usize, dst: &mut [f32]) {
     for (i, &start) in columns.starts.iter().enumerate() {
         let mut sum = [0f32; 4];
@@ -388,7 +487,6 @@ thread_local! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use image::Rgb;
 
     fn fixture(name: &str) -> RgbImage {
         let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -553,5 +651,89 @@ mod tests {
         };
         assert_eq!(run(1), run(1));
         assert_ne!(run(1), run(2));
+    }
+
+    /// Every byte of this thread's decoding buffer set to `value`, so that a pixel the
+    /// partial decode should have written but did not cannot pass for a right one.
+    fn poison_decoding_buffer(value: u8) {
+        DECODED.with_borrow_mut(|pixels| pixels.fill(value));
+    }
+
+    #[test]
+    fn decoding_only_what_the_crop_reads_gives_the_whole_decodes_output() {
+        let transforms = [
+            Transform::Train {
+                size: 29,
+                crop: RandomResizedCrop::default(),
+            },
+            // Enlarging: small crops of these ~100 px images read narrow tap runs.
+            Transform::Train {
+                size: 150,
+                crop: RandomResizedCrop {
+                    area: (0.01, 0.3),
+                    ..RandomResizedCrop::default()
+                },
+            },
+            Transform::Eval {
+                size: 40,
+                crop_pct: INCEPTION_CROP_PCT,
+            },
+        ];
+        // Chroma subsampling 4:2:0, 4:2:2, 4:4:4, restart markers, a tall odd size (all
+        // decoded in part), progressive (decoded whole), grayscale and CMYK (through `image`).
+        for name in [
+            "jpeg/s420.jpg",
+            "jpeg/s422.jpg",
+            "jpeg/s444.jpg",
+            "jpeg/restart.jpg",
+            "jpeg/tall.jpg",
+            "jpeg/progressive.jpg",
+            "jpeg/gray.jpg",
+            "cmyk.jpg",
+        ] {
+            let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+            let bytes = std::fs::read(&path).expect("fixture");
+            let whole = decode(&bytes).expect("fixture decodes");
+            for transform in &transforms {
+                let slot = 3 * (transform.size() as usize).pow(2);
+                for seed in 0..25 {
+                    let mut expected = vec![0f32; slot];
+                    transform.apply(&whole, &mut Rng::new(seed), &mut expected);
+                    let mut got = vec![0f32; slot];
+                    poison_decoding_buffer(seed as u8 * 37);
+                    transform
+                        .apply_encoded(&bytes, &mut Rng::new(seed), &mut got)
+                        .expect("decodes");
+                    assert!(
+                        expected
+                            .iter()
+                            .zip(&got)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{name}, {transform:?}, seed {seed}: the partial decode differs"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_jpeg_s_bad_headers_and_other_bad_files_are_reasons() {
+        let transform = Transform::Eval {
+            size: 8,
+            crop_pct: 1.0,
+        };
+        let mut out = vec![0f32; 3 * 8 * 8];
+        let mut rng = Rng::new(0);
+        let path = format!(
+            "{}/tests/fixtures/jpeg/s420.jpg",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let bytes = std::fs::read(&path).expect("fixture");
+        for broken in [&bytes[..4], &bytes[..200], &[][..], &b"not an image"[..]] {
+            let reason = transform
+                .apply_encoded(broken, &mut rng, &mut out)
+                .expect_err("a broken file is a reason");
+            assert!(!reason.is_empty());
+        }
     }
 }

@@ -73,6 +73,7 @@ where
 /// batch's activations are millions of values, and a serial pass, ReLU's for one, leaves
 /// the other cores idle).
 fn map_in_place<E: Copy + Send, Op: Fn(E) -> E + Sync>(values: &mut [E], op: Op) {
+    #[cfg(feature = "rayon")]
     const CHUNK: usize = 1 << 16;
     #[cfg(feature = "rayon")]
     if values.len() > CHUNK {
