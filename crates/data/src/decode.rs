@@ -68,10 +68,14 @@ impl<'a> JpegRegion<'a> {
         if let Err(error) = catch_decoder_panic(|| decoder.decode_headers()) {
             return Some(Err(error));
         }
-        if !matches!(
-            decoder.input_colorspace(),
-            Some(ColorSpace::YCbCr | ColorSpace::RGB)
-        ) {
+        // Three components only: zune-jpeg calls a two-component file YCbCr too.
+        let three_components = decoder.info().is_some_and(|info| info.components == 3);
+        if !three_components
+            || !matches!(
+                decoder.input_colorspace(),
+                Some(ColorSpace::YCbCr | ColorSpace::RGB)
+            )
+        {
             return None;
         }
         let (width, height) = decoder.dimensions()?;
@@ -104,6 +108,9 @@ impl<'a> JpegRegion<'a> {
         pixels: &mut Vec<u8>,
     ) -> Result<(), String> {
         pixels.resize(self.width * self.height * 3, 0);
+        // Zero, as `image` hands the decoder a zeroed buffer: a scan that ends early leaves
+        // pixels unwritten, and they must not be the previous image's.
+        pixels[..rows.min(self.height) * self.width * 3].fill(0);
         self.decoder.set_region(columns, rows);
         catch_decoder_panic(|| self.decoder.decode_into(pixels))
     }

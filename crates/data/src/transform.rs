@@ -331,9 +331,9 @@ pub fn resize_into<Pixels: Deref<Target = [u8]>>(
     });
 }
 
-/// The two passes of [`resize_into`], run compiled for the widest SIMD the CPU has (AVX2 or
-/// AVX-512, picked at run time): the crate builds for baseline x86-64, where they vectorise
-/// to SSE2 only. Every path adds the same products in the same order (no fused
+/// The two passes of [`resize_into`], run compiled for the widest SIMD the CPU has (AVX2, or
+/// AVX-512 where the build enables pulp's `x86-v4`, as the binary does through gemm; picked
+/// at run time): the crate builds for baseline x86-64, where they vectorise to SSE2 only. Every path adds the same products in the same order (no fused
 /// multiply-adds), so the output does not depend on the CPU.
 struct Passes<'a> {
     image: &'a [u8],

@@ -98,6 +98,11 @@ impl<T: ZByteReaderTrait> JpegDecoder<T> {
         if self.is_interleaved {
             // set upsampling functions
             self.set_upsampling()?;
+            if self.components.iter().any(|c| matches!(c.sample_ratio, SampleRatios::Generic(..))) {
+                // Rows saved for the next MCU row of a generic ratio are read by pixel column
+                // from the raw samples, not within one MCU's margin: no column is skipped.
+                self.region.columns = 0..usize::MAX;
+            }
 
             mcu_width = self.mcu_x;
             mcu_height = self.mcu_y;
