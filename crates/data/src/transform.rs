@@ -175,14 +175,10 @@ impl Transform {
         let (width, height) = jpeg.dimensions();
         let (crop, flip) = self.plan(width as u32, height as u32, rng);
         let size = self.size() as usize;
-        let columns = AxisTaps::new(width, crop.x, crop.width, size).span();
-        let rows = AxisTaps::new(height, crop.y, crop.height, size).span();
+        let taps = CropTaps::new((width, height), crop, (size, size));
         DECODED.with_borrow_mut(|pixels| {
-            jpeg.decode_into(columns, rows.end, pixels)?;
-            let image =
-                ImageBuffer::<Rgb<u8>, &[u8]>::from_raw(width as u32, height as u32, pixels)
-                    .ok_or("the decoder returned too few pixels")?;
-            resize_into(&image, crop, (size, size), flip, out);
+            jpeg.decode_into(taps.columns.span(), taps.rows.span().end, pixels)?;
+            taps.resize(pixels, width, flip, out);
             Ok(())
         })
     }
@@ -306,29 +302,52 @@ pub fn resize_into<Pixels: Deref<Target = [u8]>>(
     flip: bool,
     out: &mut [f32],
 ) {
-    assert_eq!(
-        out.len(),
-        3 * out_w * out_h,
-        "output slot has the wrong size"
-    );
     let (width, height) = (image.width() as usize, image.height() as usize);
-    let columns = AxisTaps::new(width, crop.x, crop.width, out_w);
-    let rows = AxisTaps::new(height, crop.y, crop.height, out_h);
+    CropTaps::new((width, height), crop, (out_w, out_h)).resize(image.as_raw(), width, flip, out);
+}
 
-    // Per-thread buffers: a fresh megabyte per image costs page faults and clearing.
-    SCRATCH.with_borrow_mut(|scratch| {
-        pulp::Arch::new().dispatch(Passes {
-            image: &image.as_raw()[..],
-            width,
-            columns: &columns,
-            rows: &rows,
-            out_w,
-            out_h,
-            flip,
-            out,
-            scratch,
-        })
-    });
+/// The filter taps of one crop's resize, along both axes.
+struct CropTaps {
+    columns: AxisTaps,
+    rows: AxisTaps,
+}
+
+impl CropTaps {
+    fn new((width, height): (usize, usize), crop: CropBox, (out_w, out_h): (usize, usize)) -> Self {
+        Self {
+            columns: AxisTaps::new(width, crop.x, crop.width, out_w),
+            rows: AxisTaps::new(height, crop.y, crop.height, out_h),
+        }
+    }
+
+    /// Resizes RGB8 `image` (`width` pixels a row; only the rows and columns that the taps
+    /// span are read) into `out`, planar and normalised, mirrored if `flip`.
+    fn resize(&self, image: &[u8], width: usize, flip: bool, out: &mut [f32]) {
+        let (out_w, out_h) = (self.columns.starts.len(), self.rows.starts.len());
+        assert_eq!(
+            out.len(),
+            3 * out_w * out_h,
+            "output slot has the wrong size"
+        );
+        assert!(
+            image.len() >= self.rows.span().end * width * 3,
+            "the image is shorter than the crop's rows"
+        );
+        // Per-thread buffers: a fresh megabyte per image costs page faults and clearing.
+        SCRATCH.with_borrow_mut(|scratch| {
+            pulp::Arch::new().dispatch(Passes {
+                image,
+                width,
+                columns: &self.columns,
+                rows: &self.rows,
+                out_w,
+                out_h,
+                flip,
+                out,
+                scratch,
+            })
+        });
+    }
 }
 
 /// The two passes of [`resize_into`], run compiled for the widest SIMD the CPU has (AVX2, or
