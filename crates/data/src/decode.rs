@@ -42,9 +42,9 @@ pub fn read_file(path: &Path) -> Result<Vec<u8>, String> {
 /// The most bytes a decoded image may take, as `image`'s default limit.
 const MAX_DECODED_BYTES: usize = 512 << 20;
 
-/// A baseline or progressive JPEG in YCbCr or RGB (what photographs are), its headers read,
-/// ready to decode only the part of it a crop reads. Other files, grayscale and CMYK JPEGs
-/// included, go through [`decode`].
+/// A three-component JPEG in YCbCr or RGB (what photographs are), baseline or progressive,
+/// its headers read, ready to decode only the part of it a crop reads. Other files,
+/// grayscale and CMYK JPEGs included, go through [`decode`].
 pub struct JpegRegion<'a> {
     decoder: zune_jpeg::JpegDecoder<ZCursor<&'a [u8]>>,
     width: usize,

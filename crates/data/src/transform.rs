@@ -323,10 +323,9 @@ impl CropTaps {
     /// Resizes RGB8 `image` (`width` pixels a row; only the rows and columns that the taps
     /// span are read) into `out`, planar and normalised, mirrored if `flip`.
     fn resize(&self, image: &[u8], width: usize, flip: bool, out: &mut [f32]) {
-        let (out_w, out_h) = (self.columns.starts.len(), self.rows.starts.len());
         assert_eq!(
             out.len(),
-            3 * out_w * out_h,
+            3 * self.out_w() * self.out_h(),
             "output slot has the wrong size"
         );
         assert!(
@@ -338,29 +337,32 @@ impl CropTaps {
             pulp::Arch::new().dispatch(Passes {
                 image,
                 width,
-                columns: &self.columns,
-                rows: &self.rows,
-                out_w,
-                out_h,
+                taps: self,
                 flip,
                 out,
                 scratch,
             })
         });
     }
+
+    fn out_w(&self) -> usize {
+        self.columns.starts.len()
+    }
+
+    fn out_h(&self) -> usize {
+        self.rows.starts.len()
+    }
 }
 
 /// The two passes of [`resize_into`], run compiled for the widest SIMD the CPU has (AVX2, or
 /// AVX-512 where the build enables pulp's `x86-v4`, as the binary does through gemm; picked
-/// at run time): the crate builds for baseline x86-64, where they vectorise to SSE2 only. Every path adds the same products in the same order (no fused
-/// multiply-adds), so the output does not depend on the CPU.
+/// at run time): the crate builds for baseline x86-64, where they vectorise to SSE2 only.
+/// Every path adds the same products in the same order (no fused multiply-adds), so the
+/// output does not depend on the CPU.
 struct Passes<'a> {
     image: &'a [u8],
     width: usize,
-    columns: &'a AxisTaps,
-    rows: &'a AxisTaps,
-    out_w: usize,
-    out_h: usize,
+    taps: &'a CropTaps,
     flip: bool,
     out: &'a mut [f32],
     scratch: &'a mut Scratch,
@@ -382,11 +384,12 @@ impl Passes<'_> {
     /// plus one value, since each pixel is stored as four lanes.
     #[inline(always)]
     fn horizontal(&mut self) {
-        let (row_span, column_span) = (self.rows.span(), self.columns.span());
+        let CropTaps { columns, rows } = self.taps;
+        let (row_span, column_span) = (rows.span(), columns.span());
         let Scratch {
             pixels, horizontal, ..
         } = &mut *self.scratch;
-        let line_len = self.out_w * 3;
+        let line_len = self.taps.out_w() * 3;
         grow(horizontal, row_span.len() * line_len + 1);
         grow(pixels, column_span.len());
         let row_bytes = self.width * 3;
@@ -399,14 +402,14 @@ impl Passes<'_> {
                 *dst = [f32::from(px[0]), f32::from(px[1]), f32::from(px[2]), 0.0];
             }
             let dst = &mut horizontal[r * line_len..(r + 1) * line_len + 1];
-            horizontal_pass(pixels, self.columns, column_span.start, dst);
+            horizontal_pass(pixels, columns, column_span.start, dst);
         }
     }
 
     /// The vertical pass, normalisation and flip, into the planar output.
     #[inline(always)]
     fn vertical(self) {
-        let (rows, out_w) = (self.rows, self.out_w);
+        let (rows, out_w, out_h) = (&self.taps.rows, self.taps.out_w(), self.taps.out_h());
         let first_row = rows.span().start;
         let Scratch {
             horizontal,
@@ -414,12 +417,12 @@ impl Passes<'_> {
             ..
         } = self.scratch;
         let line_len = out_w * 3;
-        let plane = out_w * self.out_h;
+        let plane = out_w * out_h;
         let (red_plane, rest) = self.out.split_at_mut(plane);
         let (green_plane, blue_plane) = rest.split_at_mut(plane);
         grow(accumulator, line_len);
         let accumulator = &mut accumulator[..line_len];
-        for j in 0..self.out_h {
+        for j in 0..out_h {
             let line = |k: usize| {
                 let r = rows.starts[j] + k - first_row;
                 &horizontal[r * line_len..(r + 1) * line_len]
