@@ -13,6 +13,7 @@
 pub mod architecture;
 pub mod config;
 mod fold;
+mod fused;
 pub mod inception_v3;
 pub mod interop;
 pub mod network;

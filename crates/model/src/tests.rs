@@ -344,3 +344,125 @@ fn devices_agree_on_the_same_weights() {
     let actual = moved.forward(images.to_device(&ndarray)).into_data();
     actual.assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-4));
 }
+
+/// `bn` with random scale, shift and running statistics (a fresh BatchNorm's fold to the
+/// identity and a zero bias).
+fn random_statistics(bn: burn::nn::BatchNorm) -> burn::nn::BatchNorm {
+    use burn::module::{Param, RunningState};
+    let [channels] = bn.gamma.dims();
+    let device = bn.gamma.device();
+    let random =
+        |low, high| Tensor::<1>::random([channels], Distribution::Uniform(low, high), &device);
+    burn::nn::BatchNorm {
+        gamma: Param::from_tensor(random(0.5, 1.5)),
+        beta: Param::from_tensor(random(-0.5, 0.5)),
+        running_mean: RunningState::new(random(-0.5, 0.5)),
+        running_var: RunningState::new(random(0.5, 1.5)),
+        ..bn
+    }
+}
+
+/// The folded network (on flex, its separable convolutions fused into one kernel each where
+/// the CPU has AVX-512) gives the logits of the network as trained, op by op.
+#[test]
+fn fused_inference_matches_the_ops_one_by_one() {
+    for width in [0.0625, 0.25] {
+        let config = XceptionConfig {
+            width,
+            ..XceptionConfig::default()
+        };
+        let mut model = small_model(config);
+        let randomize =
+            |sepconv: &mut crate::SepConvBn| sepconv.bn = random_statistics(sepconv.bn.clone());
+        for block in model.entry_flow.iter_mut().chain([&mut model.exit_block]) {
+            randomize(&mut block.sepconv1);
+            randomize(&mut block.sepconv2);
+        }
+        model
+            .middle_flow
+            .iter_mut()
+            .for_each(|block| block.sepconvs.iter_mut().for_each(randomize));
+        randomize(&mut model.final_block.sepconv1);
+        randomize(&mut model.final_block.sepconv2);
+
+        let images = random_images(3, 71, &device());
+        let expected = model.clone().valid().forward(images.clone()).into_data();
+        let before = crate::fused::fused_calls();
+        let actual = model.valid().folded().forward(images).into_data();
+        let fused = crate::fused::fused_calls() - before;
+        println!("width {width}: {fused} separable convolutions fused");
+        actual.assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-4));
+        // 4 downsampling blocks of 2, 1 middle block of 3, the final block's 2 (other tests
+        // running at the same time may add theirs).
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx512f") {
+            assert!(fused >= 13, "{fused} fused");
+        }
+    }
+}
+
+/// The fused separable convolution against the ops one by one, on shapes at its edges:
+/// channels that fill part of a panel of 64 or of a vector of 16 (728 = 11 x 64 + 24, 46,
+/// 91), pixel counts that end inside a micro-tile of 6, with and without ReLU, bias and
+/// residual, inputs in plain NCHW (the kernel copies them to channels-last).
+#[test]
+fn fused_separable_convolution_matches_the_ops() {
+    use burn::nn::PaddingConfig2d;
+    use burn::nn::conv::Conv2dConfig;
+    use burn::tensor::activation::relu;
+
+    let device = device();
+    let random =
+        |shape: [usize; 4]| Tensor::<4>::random(shape, Distribution::Uniform(-1.0, 1.0), &device);
+    for (batch, c_in, c_out, size, relu_input, bias, residual) in [
+        (2, 728, 728, 19, true, true, true),
+        (1, 46, 91, 9, false, false, false),
+        (3, 64, 128, 13, true, true, false),
+        (1, 1024, 1536, 10, false, true, true),
+    ] {
+        let depthwise = Conv2dConfig::new([c_in, c_in], [3, 3])
+            .with_groups(c_in)
+            .with_padding(PaddingConfig2d::Same)
+            .with_bias(false)
+            .init(&device);
+        let pointwise = Conv2dConfig::new([c_in, c_out], [1, 1])
+            .with_bias(bias)
+            .init(&device);
+        let x = random([batch, c_in, size, size]);
+        let residual = residual.then(|| random([batch, c_out, size, size]));
+
+        let input = if relu_input {
+            relu(x.clone())
+        } else {
+            x.clone()
+        };
+        let expected = pointwise.forward(depthwise.forward(input));
+        let expected = match &residual {
+            Some(residual) => expected + residual.clone(),
+            None => expected,
+        };
+        let case = format!("{batch}x{c_in}->{c_out} at {size}, relu {relu_input}, bias {bias}");
+        match crate::fused::separable_conv2d(
+            x,
+            relu_input,
+            &depthwise,
+            &pointwise,
+            residual.as_ref(),
+        ) {
+            Ok(actual) => {
+                assert_eq!(actual.dims(), expected.dims(), "{case}");
+                actual
+                    .into_data()
+                    .assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-4));
+            }
+            // Only a build without the kernels or a CPU without AVX-512 runs the ops instead.
+            #[cfg(target_arch = "x86_64")]
+            Err(_) => assert!(
+                !(cfg!(feature = "flex-kernels") && std::is_x86_feature_detected!("avx512f")),
+                "{case}: the fused kernel declined"
+            ),
+            #[cfg(not(target_arch = "x86_64"))]
+            Err(_) => {}
+        }
+    }
+}

@@ -13,6 +13,7 @@ use burn::tensor::{Device, Tensor};
 use crate::architecture::{BlockKind, BlockPlan, plan};
 use crate::config::{ConfigError, MidActivation, XceptionConfig};
 use crate::fold::{BatchNormStatistics, fold_batch_norm};
+use crate::fused;
 
 /// Keras' BatchNormalization epsilon, which the official weights were trained with.
 pub const BN_EPSILON: f64 = 1e-3;
@@ -138,6 +139,36 @@ impl SepConvBn {
         self
     }
 
+    /// [Self::forward] of `relu(x)` (with `relu_input`, else of `x`) plus `residual`. With
+    /// the BatchNorm folded and no activation between the convolutions, on the flex device,
+    /// one fused kernel (`crate::fused`) computes it all; otherwise the ops run one by one.
+    pub fn forward_with(
+        &self,
+        x: Tensor<4>,
+        relu_input: bool,
+        residual: Option<Tensor<4>>,
+    ) -> Tensor<4> {
+        let x = if self.folded && matches!(self.mid_activation, MidActivation::None) {
+            match fused::separable_conv2d(
+                x,
+                relu_input,
+                &self.depthwise,
+                &self.pointwise,
+                residual.as_ref(),
+            ) {
+                Ok(y) => return y,
+                Err(x) => x,
+            }
+        } else {
+            x
+        };
+        let y = self.forward(if relu_input { relu(x) } else { x });
+        match residual {
+            Some(residual) => y + residual,
+            None => y,
+        }
+    }
+
     /// Depthwise, optional activation, pointwise, BatchNorm.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let x = self.depthwise.forward(x);
@@ -192,9 +223,8 @@ impl DownsampleBlock {
             .residual
             .as_ref()
             .map(|residual| residual.forward(x.clone()));
-        let x = if self.relu_first { relu(x) } else { x };
-        let x = relu(self.sepconv1.forward(x));
-        let x = self.pool.forward(self.sepconv2.forward(x));
+        let x = self.sepconv1.forward_with(x, self.relu_first, None);
+        let x = self.pool.forward(self.sepconv2.forward_with(x, true, None));
         match shortcut {
             Some(shortcut) => x + shortcut,
             None => x,
@@ -214,11 +244,13 @@ pub struct MiddleBlock {
 impl MiddleBlock {
     /// The block's output for input `x`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let y = self
-            .sepconvs
+        let Some((last, first)) = self.sepconvs.split_last() else {
+            return if self.residual { x.clone() + x } else { x };
+        };
+        let y = first
             .iter()
-            .fold(x.clone(), |y, sepconv| sepconv.forward(relu(y)));
-        if self.residual { y + x } else { y }
+            .fold(x.clone(), |y, sepconv| sepconv.forward_with(y, true, None));
+        last.forward_with(y, true, self.residual.then_some(x))
     }
 }
 
@@ -234,8 +266,8 @@ pub struct FinalBlock {
 impl FinalBlock {
     /// The block's output for input `x`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = relu(self.sepconv1.forward(x));
-        relu(self.sepconv2.forward(x))
+        let x = self.sepconv1.forward_with(x, false, None);
+        relu(self.sepconv2.forward_with(x, true, None))
     }
 }
 

@@ -30,6 +30,26 @@ use crate::ops::batch_norm::{channel_tensor, per_channel};
 use crate::ops::conv_grad::{for_each_plane, gemm_f32, gemm_new_f32, threads, worth_parallel};
 use crate::{Flex, FlexTensor, Layout};
 
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+mod separable;
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+pub use separable::separable_conv2d;
+
+/// The fused separable convolution (`separable.rs`) is x86-64 AVX-512 code: elsewhere the
+/// caller runs the ops one by one.
+#[cfg(not(all(feature = "std", target_arch = "x86_64")))]
+pub fn separable_conv2d(
+    _x: &FlexTensor,
+    _relu_input: bool,
+    _depthwise: &FlexTensor,
+    _padding: [usize; 2],
+    _pointwise: &FlexTensor,
+    _bias: Option<&FlexTensor>,
+    _residual: Option<&FlexTensor>,
+) -> Option<FlexTensor> {
+    None
+}
+
 // ---------------------------------------------------------------------------------------
 // Layout
 
@@ -158,19 +178,48 @@ fn channel_blocks(c: usize) -> impl Iterator<Item = (usize, usize)> {
 }
 
 /// `out[..n] = sum over taps t of pixels[t][start..][..n] * weights[t][start..][..n]`, for
-/// `n <= 2 * BLOCK`. Inlined with `n` known, the sums stay in registers.
+/// `n <= 2 * BLOCK`, with `RELU` each pixel value below zero read as zero. Inlined with `n`
+/// known, the sums stay in registers.
 #[inline(always)]
-fn weighted_sum_block(out: &mut [MaybeUninit<f32>], pixels: &[&[f32]], weights: &[&[f32]], start: usize, n: usize) {
+fn weighted_sum_block<const RELU: bool>(
+    out: &mut [MaybeUninit<f32>],
+    pixels: &[&[f32]],
+    weights: &[&[f32]],
+    start: usize,
+    n: usize,
+) {
     let mut acc = [0.0f32; 2 * BLOCK];
     let acc = &mut acc[..n];
     for (pixel, weight) in pixels.iter().zip(weights) {
         let (pixel, weight) = (&pixel[start..start + n], &weight[start..start + n]);
         for i in 0..n {
-            acc[i] += pixel[i] * weight[i];
+            // `x < 0 ? 0 : x` keeps a NaN, as Burn's ReLU does.
+            let value = if RELU && pixel[i] < 0.0 { 0.0 } else { pixel[i] };
+            acc[i] += value * weight[i];
         }
     }
     for (o, &a) in out[..n].iter_mut().zip(acc.iter()) {
         o.write(a);
+    }
+}
+
+/// For each channel, `out = sum over taps t of pixels[t] * weights[t]`, with `RELU` of the
+/// pixels' positive parts.
+#[inline(always)]
+fn weighted_sums<const RELU: bool>(out: &mut [MaybeUninit<f32>], pixels: &[&[f32]], weights: &[&[f32]]) {
+    // Two blocks at a time while they last: eight chains of additions, enough to hide
+    // their latency (one block's four chains wait on it).
+    let pairs = out.len() / (2 * BLOCK) * (2 * BLOCK);
+    for start in (0..pairs).step_by(2 * BLOCK) {
+        weighted_sum_block::<RELU>(&mut out[start..start + 2 * BLOCK], pixels, weights, start, 2 * BLOCK);
+    }
+    for (start, n) in channel_blocks(out.len() - pairs) {
+        let (start, out) = (pairs + start, &mut out[pairs + start..pairs + start + n]);
+        if n == BLOCK {
+            weighted_sum_block::<RELU>(out, pixels, weights, start, BLOCK);
+        } else {
+            weighted_sum_block::<RELU>(out, pixels, weights, start, n);
+        }
     }
 }
 
@@ -179,20 +228,16 @@ multiversion! {
     /// `out = sum over taps t of pixels[t] * weights[t]` (the taps that fall inside the
     /// image, in kernel order).
     fn weighted_sum(out: &mut [MaybeUninit<f32>], pixels: &[&[f32]], weights: &[&[f32]]) {
-        // Two blocks at a time while they last: eight chains of additions, enough to hide
-        // their latency (one block's four chains wait on it).
-        let pairs = out.len() / (2 * BLOCK) * (2 * BLOCK);
-        for start in (0..pairs).step_by(2 * BLOCK) {
-            weighted_sum_block(&mut out[start..start + 2 * BLOCK], pixels, weights, start, 2 * BLOCK);
-        }
-        for (start, n) in channel_blocks(out.len() - pairs) {
-            let (start, out) = (pairs + start, &mut out[pairs + start..pairs + start + n]);
-            if n == BLOCK {
-                weighted_sum_block(out, pixels, weights, start, BLOCK);
-            } else {
-                weighted_sum_block(out, pixels, weights, start, n);
-            }
-        }
+        weighted_sums::<false>(out, pixels, weights)
+    }
+}
+
+multiversion! {
+    /// [weighted_sum] of the pixels' ReLU: a depthwise convolution of `relu(x)` that reads
+    /// `x`.
+    #[cfg_attr(not(all(feature = "std", target_arch = "x86_64")), allow(dead_code))]
+    fn relu_weighted_sum(out: &mut [MaybeUninit<f32>], pixels: &[&[f32]], weights: &[&[f32]]) {
+        weighted_sums::<true>(out, pixels, weights)
     }
 }
 
@@ -526,26 +571,15 @@ impl Conv {
     /// output pixel at a time.
     fn depthwise_forward(&self, x: &[f32], w: &[f32]) -> Vec<f32> {
         let taps = self.tap_major(w);
-        let ([h, w_in], [oh, ow], [kh, kw], c) = (self.in_hw, self.out_hw, self.kernel, self.c_in);
+        let ([oh, ow], c) = (self.out_hw, self.c_in);
         // SAFETY: `weighted_sum` writes every channel of every output pixel.
         unsafe {
             written(self.batch * oh * ow * c, |out| {
                 for_each_plane(out, ow * c, |row, dst| {
-                    let (b, oy) = (row / oh, row % oh);
-                    let (mut pixels, mut weights) = (Vec::with_capacity(kh * kw), Vec::with_capacity(kh * kw));
+                    let mut taps_read = TapsRead::new(self);
                     for (ox, pixel_out) in dst.chunks_exact_mut(c).enumerate() {
-                        pixels.clear();
-                        weights.clear();
-                        for i in 0..kh {
-                            let Some(iy) = self.input_at(0, oy, i) else { continue };
-                            for j in 0..kw {
-                                let Some(ix) = self.input_at(1, ox, j) else { continue };
-                                let at = ((b * h + iy) * w_in + ix) * c;
-                                pixels.push(&x[at..at + c]);
-                                weights.push(&taps[(i * kw + j) * c..(i * kw + j + 1) * c]);
-                            }
-                        }
-                        weighted_sum(pixel_out, &pixels, &weights);
+                        let (pixels, weights) = taps_read.at(x, &taps, row * ow + ox);
+                        weighted_sum(pixel_out, pixels, weights);
                     }
                 })
             })
@@ -792,6 +826,44 @@ impl Conv {
             }
         }
         self.from_patch_major(&dw)
+    }
+}
+
+/// The input pixels and tap weights that one output pixel of a depthwise convolution reads
+/// (the taps inside the image, in kernel order); the lists are reused from pixel to pixel.
+struct TapsRead<'c, 'a> {
+    conv: &'c Conv,
+    pixels: Vec<&'a [f32]>,
+    weights: Vec<&'a [f32]>,
+}
+
+impl<'c, 'a> TapsRead<'c, 'a> {
+    fn new(conv: &'c Conv) -> Self {
+        Self {
+            conv,
+            pixels: Vec::with_capacity(conv.taps()),
+            weights: Vec::with_capacity(conv.taps()),
+        }
+    }
+
+    /// Output pixel `q` (counted row-major over the batch) of input `x` (NHWC) with the
+    /// weights `taps` ([Conv::tap_major]).
+    fn at(&mut self, x: &'a [f32], taps: &'a [f32], q: usize) -> (&[&'a [f32]], &[&'a [f32]]) {
+        let conv = self.conv;
+        let ([h, w_in], [oh, ow], [kh, kw], c) = (conv.in_hw, conv.out_hw, conv.kernel, conv.c_in);
+        let (b, oy, ox) = (q / (oh * ow), q / ow % oh, q % ow);
+        self.pixels.clear();
+        self.weights.clear();
+        for i in 0..kh {
+            let Some(iy) = conv.input_at(0, oy, i) else { continue };
+            for j in 0..kw {
+                let Some(ix) = conv.input_at(1, ox, j) else { continue };
+                let at = ((b * h + iy) * w_in + ix) * c;
+                self.pixels.push(&x[at..at + c]);
+                self.weights.push(&taps[(i * kw + j) * c..(i * kw + j + 1) * c]);
+            }
+        }
+        (&self.pixels, &self.weights)
     }
 }
 
