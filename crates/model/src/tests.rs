@@ -442,11 +442,12 @@ fn fused_separable_convolution_matches_the_ops() {
             None => expected,
         };
         let case = format!("{batch}x{c_in}->{c_out} at {size}, relu {relu_input}, bias {bias}");
+        let packed = crate::PackedPointwise::new(&pointwise);
         match crate::fused::separable_conv2d(
             x,
             relu_input,
             &depthwise,
-            &pointwise,
+            (&pointwise, &packed),
             residual.as_ref(),
         ) {
             Ok(actual) => {
@@ -463,6 +464,46 @@ fn fused_separable_convolution_matches_the_ops() {
             ),
             #[cfg(not(target_arch = "x86_64"))]
             Err(_) => {}
+        }
+    }
+}
+
+/// Max-pooling plus the shortcut in one pass against the pool then the addition, with
+/// TensorFlow's 'same' padding asymmetric (even sizes) and symmetric (odd).
+#[test]
+fn fused_max_pool_and_shortcut_match_the_ops() {
+    use burn::nn::PaddingConfig2d;
+    use burn::nn::conv::Conv2dConfig;
+    use burn::nn::pool::MaxPool2dConfig;
+
+    let device = device();
+    let pool = MaxPool2dConfig::new([3, 3])
+        .with_strides([2, 2])
+        .with_padding(PaddingConfig2d::Same)
+        .init();
+    for (batch, channels, size) in [(2, 20, 74), (1, 70, 33), (3, 16, 10), (1, 5, 2)] {
+        // A 1x1 convolution's output: channels-last on flex, as the blocks' activations.
+        let to_channels_last = Conv2dConfig::new([channels, channels], [1, 1]).init(&device);
+        let x = to_channels_last.forward(Tensor::random(
+            [batch, channels, size, size],
+            Distribution::Uniform(-1.0, 1.0),
+            &device,
+        ));
+        let out = size.div_ceil(2);
+        let shortcut = Tensor::<4>::random(
+            [batch, channels, out, out],
+            Distribution::Uniform(-1.0, 1.0),
+            &device,
+        );
+        let expected = pool.forward(x.clone()) + shortcut.clone();
+        match crate::fused::max_pool2d_add(x, &pool, shortcut) {
+            Ok(actual) => actual
+                .into_data()
+                .assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-6)),
+            Err(_) => assert!(
+                !cfg!(feature = "flex-kernels"),
+                "{batch}x{channels} at {size}: the fused kernel declined"
+            ),
         }
     }
 }

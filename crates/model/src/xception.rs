@@ -13,7 +13,7 @@ use burn::tensor::{Device, Tensor};
 use crate::architecture::{BlockKind, BlockPlan, plan};
 use crate::config::{ConfigError, MidActivation, XceptionConfig};
 use crate::fold::{BatchNormStatistics, fold_batch_norm};
-use crate::fused;
+use crate::fused::{self, PackedPointwise};
 
 /// Keras' BatchNormalization epsilon, which the official weights were trained with.
 pub const BN_EPSILON: f64 = 1e-3;
@@ -118,6 +118,9 @@ pub struct SepConvBn {
     /// Whether `bn` is folded into `pointwise` (inference only).
     #[module(skip)]
     pub folded: bool,
+    /// `pointwise`'s folded weights packed for the fused inference kernel, if it runs here.
+    #[module(skip)]
+    pub packed: PackedPointwise,
 }
 
 impl SepConvBn {
@@ -129,13 +132,16 @@ impl SepConvBn {
             bn: batch_norm(c_out, config.bn_momentum, device),
             mid_activation,
             folded: false,
+            packed: PackedPointwise::default(),
         }
     }
 
-    /// The BatchNorm folded into the pointwise convolution (inference only).
+    /// The BatchNorm folded into the pointwise convolution (inference only), whose weights
+    /// are then packed for the fused kernel where it runs.
     pub fn folded(mut self) -> Self {
         fold_batch_norm(&mut self.pointwise, statistics(&self.bn));
         self.folded = true;
+        self.packed = PackedPointwise::new(&self.pointwise);
         self
     }
 
@@ -153,7 +159,7 @@ impl SepConvBn {
                 x,
                 relu_input,
                 &self.depthwise,
-                &self.pointwise,
+                (&self.pointwise, &self.packed),
                 residual.as_ref(),
             ) {
                 Ok(y) => return y,
@@ -224,10 +230,13 @@ impl DownsampleBlock {
             .as_ref()
             .map(|residual| residual.forward(x.clone()));
         let x = self.sepconv1.forward_with(x, self.relu_first, None);
-        let x = self.pool.forward(self.sepconv2.forward_with(x, true, None));
-        match shortcut {
-            Some(shortcut) => x + shortcut,
-            None => x,
+        let x = self.sepconv2.forward_with(x, true, None);
+        let Some(shortcut) = shortcut else {
+            return self.pool.forward(x);
+        };
+        match fused::max_pool2d_add(x, &self.pool, shortcut) {
+            Ok(y) => y,
+            Err((x, shortcut)) => self.pool.forward(x) + shortcut,
         }
     }
 }

@@ -33,17 +33,30 @@ use crate::{Flex, FlexTensor, Layout};
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
 mod separable;
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
-pub use separable::separable_conv2d;
+pub use separable::{PackedPointwise, separable_conv2d};
 
-/// The fused separable convolution (`separable.rs`) is x86-64 AVX-512 code: elsewhere the
-/// caller runs the ops one by one.
+/// The fused separable convolution (`separable.rs`) is x86-64 AVX-512 code: elsewhere there
+/// are no packed weights, and the caller runs the ops one by one.
+#[cfg(not(all(feature = "std", target_arch = "x86_64")))]
+#[derive(Clone, Debug)]
+pub struct PackedPointwise(core::convert::Infallible);
+
+#[cfg(not(all(feature = "std", target_arch = "x86_64")))]
+impl PackedPointwise {
+    /// Always `None` here.
+    pub fn new(_pointwise: &FlexTensor) -> Option<Self> {
+        None
+    }
+}
+
+/// Always `None` here (see [PackedPointwise]).
 #[cfg(not(all(feature = "std", target_arch = "x86_64")))]
 pub fn separable_conv2d(
     _x: &FlexTensor,
     _relu_input: bool,
     _depthwise: &FlexTensor,
     _padding: [usize; 2],
-    _pointwise: &FlexTensor,
+    _pointwise: &PackedPointwise,
     _bias: Option<&FlexTensor>,
     _residual: Option<&FlexTensor>,
 ) -> Option<FlexTensor> {
@@ -78,9 +91,7 @@ pub fn is_channels_last(layout: &Layout) -> bool {
 /// Whether `tensor` is an f32 channels-last tensor that is not also plain NCHW (the layouts
 /// coincide when a tensor has one channel or one pixel).
 fn takes_channels_last(tensor: &FlexTensor) -> bool {
-    tensor.dtype() == DType::F32
-        && is_channels_last(tensor.layout())
-        && !tensor.layout().is_contiguous()
+    tensor.dtype() == DType::F32 && is_channels_last(tensor.layout()) && !tensor.layout().is_contiguous()
 }
 
 /// A channels-last f32 tensor of logical shape `dims` holding `data` in NHWC order.
@@ -139,8 +150,7 @@ fn nhwc_data(tensor: &FlexTensor) -> Cow<'_, [f32]> {
 
 /// A contiguous f32 tensor's first `count` values, or `None` for another dtype.
 fn f32_values(tensor: &FlexTensor, count: usize) -> Option<FlexTensor> {
-    (tensor.dtype() == DType::F32 && tensor.layout().num_elements() == count)
-        .then(|| tensor.to_contiguous())
+    (tensor.dtype() == DType::F32 && tensor.layout().num_elements() == count).then(|| tensor.to_contiguous())
 }
 
 /// Splits `0..len` into a few ranges per thread, runs `work` on each (in parallel with
@@ -178,48 +188,19 @@ fn channel_blocks(c: usize) -> impl Iterator<Item = (usize, usize)> {
 }
 
 /// `out[..n] = sum over taps t of pixels[t][start..][..n] * weights[t][start..][..n]`, for
-/// `n <= 2 * BLOCK`, with `RELU` each pixel value below zero read as zero. Inlined with `n`
-/// known, the sums stay in registers.
+/// `n <= 2 * BLOCK`. Inlined with `n` known, the sums stay in registers.
 #[inline(always)]
-fn weighted_sum_block<const RELU: bool>(
-    out: &mut [MaybeUninit<f32>],
-    pixels: &[&[f32]],
-    weights: &[&[f32]],
-    start: usize,
-    n: usize,
-) {
+fn weighted_sum_block(out: &mut [MaybeUninit<f32>], pixels: &[&[f32]], weights: &[&[f32]], start: usize, n: usize) {
     let mut acc = [0.0f32; 2 * BLOCK];
     let acc = &mut acc[..n];
     for (pixel, weight) in pixels.iter().zip(weights) {
         let (pixel, weight) = (&pixel[start..start + n], &weight[start..start + n]);
         for i in 0..n {
-            // `x < 0 ? 0 : x` keeps a NaN, as Burn's ReLU does.
-            let value = if RELU && pixel[i] < 0.0 { 0.0 } else { pixel[i] };
-            acc[i] += value * weight[i];
+            acc[i] += pixel[i] * weight[i];
         }
     }
     for (o, &a) in out[..n].iter_mut().zip(acc.iter()) {
         o.write(a);
-    }
-}
-
-/// For each channel, `out = sum over taps t of pixels[t] * weights[t]`, with `RELU` of the
-/// pixels' positive parts.
-#[inline(always)]
-fn weighted_sums<const RELU: bool>(out: &mut [MaybeUninit<f32>], pixels: &[&[f32]], weights: &[&[f32]]) {
-    // Two blocks at a time while they last: eight chains of additions, enough to hide
-    // their latency (one block's four chains wait on it).
-    let pairs = out.len() / (2 * BLOCK) * (2 * BLOCK);
-    for start in (0..pairs).step_by(2 * BLOCK) {
-        weighted_sum_block::<RELU>(&mut out[start..start + 2 * BLOCK], pixels, weights, start, 2 * BLOCK);
-    }
-    for (start, n) in channel_blocks(out.len() - pairs) {
-        let (start, out) = (pairs + start, &mut out[pairs + start..pairs + start + n]);
-        if n == BLOCK {
-            weighted_sum_block::<RELU>(out, pixels, weights, start, BLOCK);
-        } else {
-            weighted_sum_block::<RELU>(out, pixels, weights, start, n);
-        }
     }
 }
 
@@ -228,22 +209,42 @@ multiversion! {
     /// `out = sum over taps t of pixels[t] * weights[t]` (the taps that fall inside the
     /// image, in kernel order).
     fn weighted_sum(out: &mut [MaybeUninit<f32>], pixels: &[&[f32]], weights: &[&[f32]]) {
-        weighted_sums::<false>(out, pixels, weights)
-    }
-}
-
-multiversion! {
-    /// [weighted_sum] of the pixels' ReLU: a depthwise convolution of `relu(x)` that reads
-    /// `x`.
-    #[cfg_attr(not(all(feature = "std", target_arch = "x86_64")), allow(dead_code))]
-    fn relu_weighted_sum(out: &mut [MaybeUninit<f32>], pixels: &[&[f32]], weights: &[&[f32]]) {
-        weighted_sums::<true>(out, pixels, weights)
+        // Two blocks at a time while they last: eight chains of additions, enough to hide
+        // their latency (one block's four chains wait on it).
+        let pairs = out.len() / (2 * BLOCK) * (2 * BLOCK);
+        for start in (0..pairs).step_by(2 * BLOCK) {
+            weighted_sum_block(&mut out[start..start + 2 * BLOCK], pixels, weights, start, 2 * BLOCK);
+        }
+        for (start, n) in channel_blocks(out.len() - pairs) {
+            let (start, out) = (pairs + start, &mut out[pairs + start..pairs + start + n]);
+            if n == BLOCK {
+                weighted_sum_block(out, pixels, weights, start, BLOCK);
+                continue;
+            }
+            // The last block: whole vectors of 16 with `n` known, then what remains.
+            let vectors = n / 16 * 16;
+            for at in (0..vectors).step_by(16) {
+                weighted_sum_block(&mut out[at..at + 16], pixels, weights, start + at, 16);
+            }
+            if vectors < n {
+                weighted_sum_block(&mut out[vectors..], pixels, weights, start + vectors, n - vectors);
+            }
+        }
     }
 }
 
 /// `acc[..n] += sum over p < count of a[p * a_step + start..][..n] * b[p * b_step + start..][..n]`.
 #[inline(always)]
-fn dot_pixels_block(acc: &mut [f32], a: &[f32], a_step: usize, b: &[f32], b_step: usize, count: usize, start: usize, n: usize) {
+fn dot_pixels_block(
+    acc: &mut [f32],
+    a: &[f32],
+    a_step: usize,
+    b: &[f32],
+    b_step: usize,
+    count: usize,
+    start: usize,
+    n: usize,
+) {
     // Even and odd pixels in separate sums: eight chains of additions instead of four.
     let (mut even, mut odd) = ([0.0f32; BLOCK], [0.0f32; BLOCK]);
     let (even, odd) = (&mut even[..n], &mut odd[..n]);
@@ -457,7 +458,10 @@ impl Conv {
     /// along axis `d`: `o * stride + k - pad` in `0..size`.
     fn out_range(&self, d: usize, k: usize) -> Range<usize> {
         let s = self.stride[d];
-        let end = (self.in_hw[d] + self.pad[d]).saturating_sub(k).div_ceil(s).min(self.out_hw[d]);
+        let end = (self.in_hw[d] + self.pad[d])
+            .saturating_sub(k)
+            .div_ceil(s)
+            .min(self.out_hw[d]);
         let start = self.pad[d].saturating_sub(k).div_ceil(s).min(end);
         start..end
     }
@@ -562,9 +566,7 @@ impl Conv {
     /// Depthwise weights `[c, 1, kh, kw]` as `[kh * kw, c]`, one row of channels per tap.
     fn tap_major(&self, w: &[f32]) -> Vec<f32> {
         let (c, taps) = (self.c_in, self.taps());
-        (0..taps)
-            .flat_map(|t| (0..c).map(move |ch| w[ch * taps + t]))
-            .collect()
+        (0..taps).flat_map(|t| (0..c).map(move |ch| w[ch * taps + t])).collect()
     }
 
     /// `y[o] = sum over taps t inside the image of x[at(o, t)] * w[t]`, per channel, one
@@ -981,11 +983,7 @@ fn channel_sums<const N: usize>(
         }
         total
     });
-    core::array::from_fn(|i| {
-        (0..c)
-            .map(|ch| partials.iter().map(|p| p[i][ch]).sum())
-            .collect()
-    })
+    core::array::from_fn(|i| (0..c).map(|ch| partials.iter().map(|p| p[i][ch]).sum()).collect())
 }
 
 /// `out[r, ch] = scale[ch] * (a[r, ch] - offset[ch]) + shift[ch]`, plus
@@ -1083,7 +1081,11 @@ pub fn batch_norm_train(
     };
     let output = write_affine(dims, &data, None, &k);
     let variance = variance.iter().map(|&v| v as f32).collect();
-    Some(BatchNormTrain::new(output, channel_tensor(mean), channel_tensor(variance)))
+    Some(BatchNormTrain::new(
+        output,
+        channel_tensor(mean),
+        channel_tensor(variance),
+    ))
 }
 
 /// Gradients of [batch_norm_train] with respect to the input (channels-last), `gamma` and
@@ -1146,7 +1148,14 @@ pub fn batch_norm_train_backward(
 
 /// Copies the NHWC images `src` (`[batch, src_h, src_w, c]`) into the NHWC images `out`
 /// (`out_hw`, same batch and channels) with their top-left corner at `(top, left)`.
-fn paste(out: &mut [f32], out_hw: [usize; 2], src: &[f32], [src_h, src_w]: [usize; 2], c: usize, [top, left]: [usize; 2]) {
+fn paste(
+    out: &mut [f32],
+    out_hw: [usize; 2],
+    src: &[f32],
+    [src_h, src_w]: [usize; 2],
+    c: usize,
+    [top, left]: [usize; 2],
+) {
     let [out_h, out_w] = out_hw;
     for_each_plane(out, out_w * c, |row, dst| {
         let (b, y) = (row / out_h, row % out_h);
@@ -1238,7 +1247,10 @@ pub fn max_pool2d(
     let len = batch * oh * ow * c;
     // Positions fit in i32 (`h * w` values of one plane); Burn asks for I32 here, I64 is
     // widened afterwards.
-    let (mut values, mut positions) = (Vec::<f32>::with_capacity(len), Vec::<i32>::with_capacity(if with_indices { len } else { 0 }));
+    let (mut values, mut positions) = (
+        Vec::<f32>::with_capacity(len),
+        Vec::<i32>::with_capacity(if with_indices { len } else { 0 }),
+    );
     {
         let values = &mut values.spare_capacity_mut()[..len];
         let positions = &mut positions.spare_capacity_mut()[..if with_indices { len } else { 0 }];
@@ -1255,7 +1267,11 @@ pub fn max_pool2d(
                         at.push((iy * w + ix) as i32);
                     }
                 }
-                let positions = if with_indices { &mut positions[ox * c..(ox + 1) * c] } else { &mut [] };
+                let positions = if with_indices {
+                    &mut positions[ox * c..(ox + 1) * c]
+                } else {
+                    &mut []
+                };
                 max_pixel(&mut values[ox * c..(ox + 1) * c], positions, &pixels, &at);
             }
         };
@@ -1303,6 +1319,75 @@ pub fn max_pool2d(
         FlexTensor::new(bytes, layout, dtype)
     });
     Some((channels_last_tensor(values, out_dims), indices))
+}
+
+/// Max-pooling of a channels-last f32 tensor (no dilation, no ceil mode) with `padding`
+/// as (begin, end) pairs, plus `shortcut` (the pool's output shape), in one pass: Xception's
+/// downsampling blocks add their residual branch to the pool's output, and TensorFlow's
+/// 'same' padding is asymmetric on even sizes, which [max_pool2d] takes only as a padded
+/// copy of the input. `None` where it does not apply.
+pub fn max_pool2d_add(
+    x: &FlexTensor,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [(usize, usize); 2],
+    shortcut: &FlexTensor,
+) -> Option<FlexTensor> {
+    if !takes_channels_last(x)
+        || shortcut.dtype() != DType::F32
+        || shortcut.layout().shape().num_dims() != 4
+        || kernel.contains(&0)
+        || stride.contains(&0)
+    {
+        return None;
+    }
+    let [batch, c, h, w] = x.layout().shape().dims::<4>();
+    let size = [h, w];
+    // Every window must hold an input pixel.
+    if (0..2).any(|d| size[d] == 0 || padding[d].0 >= kernel[d] || padding[d].1 >= kernel[d]) {
+        return None;
+    }
+    let padded = [0, 1].map(|d| size[d] + padding[d].0 + padding[d].1);
+    if (0..2).any(|d| padded[d] < kernel[d]) {
+        return None;
+    }
+    let [oh, ow] = [0, 1].map(|d| (padded[d] - kernel[d]) / stride[d] + 1);
+    let out_dims = [batch, c, oh, ow];
+    if shortcut.layout().shape().dims::<4>() != out_dims {
+        return None;
+    }
+    let window = |d: usize, o: usize| {
+        let start = (o * stride[d]).saturating_sub(padding[d].0);
+        let end = (o * stride[d] + kernel[d] - padding[d].0).min(size[d]);
+        start..end
+    };
+    let (data, shortcut) = (nhwc_data(x), nhwc_data(shortcut));
+    let fill = |out: &mut [MaybeUninit<f32>]| {
+        for_each_plane(out, ow * c, |row, dst| {
+            let (b, oy) = (row / oh, row % oh);
+            let (mut pixels, mut at, mut pooled) = (Vec::new(), Vec::new(), vec![0.0f32; c]);
+            for (ox, pixel_out) in dst.chunks_exact_mut(c).enumerate() {
+                pixels.clear();
+                at.clear();
+                for iy in window(0, oy) {
+                    for ix in window(1, ox) {
+                        let start = ((b * h + iy) * w + ix) * c;
+                        pixels.push(&data[start..start + c]);
+                        at.push(0);
+                    }
+                }
+                // SAFETY: `MaybeUninit<f32>` has `f32`'s layout; `max_pixel` writes values.
+                let uninit = unsafe { &mut *(pooled.as_mut_slice() as *mut [f32] as *mut [MaybeUninit<f32>]) };
+                max_pixel(uninit, &mut [], &pixels, &at);
+                let q = (row * ow + ox) * c;
+                add_assign(&mut pooled, &shortcut[q..q + c]);
+                pixel_out.write_copy_of_slice(&pooled);
+            }
+        })
+    };
+    // SAFETY: every channel of every output pixel is written.
+    let out = unsafe { written(batch * oh * ow * c, fill) };
+    Some(channels_last_tensor(out, out_dims))
 }
 
 /// The maximum over `pixels` of channels `start..start + n`, and where it is: the first
@@ -1359,11 +1444,7 @@ multiversion! {
 
 /// The gradient of [max_pool2d] with respect to its channels-last input, from the indices
 /// it returned; `None` when the tensors are not channels-last f32 / I64 or I32.
-pub fn max_pool2d_backward(
-    x: &FlexTensor,
-    output_grad: &FlexTensor,
-    indices: &FlexTensor,
-) -> Option<FlexTensor> {
+pub fn max_pool2d_backward(x: &FlexTensor, output_grad: &FlexTensor, indices: &FlexTensor) -> Option<FlexTensor> {
     if !takes_channels_last(x)
         || output_grad.dtype() != DType::F32
         || !matches!(indices.dtype(), DType::I64 | DType::I32)
@@ -1377,7 +1458,12 @@ pub fn max_pool2d_backward(
     let dy = nhwc_data(output_grad);
     let positions: Cow<'_, [i64]> = match indices.dtype() {
         DType::I64 => Cow::Borrowed(&indices.storage::<i64>()[..dy.len()]),
-        _ => Cow::Owned(indices.storage::<i32>()[..dy.len()].iter().map(|&i| i64::from(i)).collect()),
+        _ => Cow::Owned(
+            indices.storage::<i32>()[..dy.len()]
+                .iter()
+                .map(|&i| i64::from(i))
+                .collect(),
+        ),
     };
     let mut dx = vec![0.0f32; x.layout().num_elements()];
     let plane = h * w;

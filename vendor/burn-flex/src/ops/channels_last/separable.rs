@@ -5,17 +5,20 @@
 //! Op by op, each of those steps is a pass over the whole activation in memory (the ReLU, the
 //! depthwise output, gemm's packing of it, the zeroed product, the bias, the residual sum).
 //! Here a block's depthwise output (at most `BLOCK_VALUES`) stays in the core's L2 cache, the
-//! 1x1 weights are packed once per call into panels of 64 output channels, and an AVX-512
+//! 1x1 weights come packed ([PackedPointwise], once per model) in panels of 64 output
+//! channels, and an AVX-512
 //! micro-kernel multiplies the block by each panel, adding bias and residual while the sums are
 //! in registers. Other CPUs, dtypes and shapes get `None`, and the caller runs the ops one by
 //! one.
 
-use core::mem::MaybeUninit;
+use alloc::vec::Vec;
+use core::cell::RefCell;
 
 use burn_backend::DType;
 use burn_backend::ops::ConvOptions;
+use burn_std::sync::Arc;
 
-use super::{Conv, Kind, TapsRead, channels_last_tensor, f32_values, nhwc_data, relu_weighted_sum, weighted_sum, written};
+use super::{Conv, Kind, channels_last_tensor, f32_values, nhwc_data, written};
 use crate::FlexTensor;
 use crate::ops::conv_grad::{for_each_plane, threads};
 
@@ -40,15 +43,39 @@ pub fn separable_conv2d(
     relu_input: bool,
     depthwise: &FlexTensor,
     padding: [usize; 2],
-    pointwise: &FlexTensor,
+    pointwise: &PackedPointwise,
     bias: Option<&FlexTensor>,
     residual: Option<&FlexTensor>,
 ) -> Option<FlexTensor> {
     if !avx512::available() {
         return None;
     }
-    let shapes = Shapes::new(x, depthwise, padding, pointwise, residual)?;
-    fused(&shapes, x, relu_input, depthwise, pointwise, bias, residual)
+    let shapes = Shapes::new(x, depthwise, padding, &pointwise.0, residual)?;
+    fused(&shapes, x, relu_input, depthwise, &pointwise.0, bias, residual)
+}
+
+/// A 1x1 convolution's weights (`[c_out, c, 1, 1]`, f32) packed for [separable_conv2d]: the
+/// packing is a pass over the weights, so a caller packs once and reuses them for every batch.
+/// Holds no reference to the tensor: weights changed later need packing again.
+#[derive(Clone, Debug)]
+pub struct PackedPointwise(Arc<avx512::Panels>);
+
+impl PackedPointwise {
+    /// The packed weights, or `None` for another dtype or shape, or where the fused kernel
+    /// does not run (a CPU without AVX-512).
+    pub fn new(pointwise: &FlexTensor) -> Option<Self> {
+        let shape = pointwise.layout().shape();
+        if !avx512::available() || pointwise.dtype() != DType::F32 || shape.num_dims() != 4 {
+            return None;
+        }
+        let [c_out, c, kh, kw] = shape.dims::<4>();
+        if [kh, kw] != [1, 1] || c_out == 0 || c == 0 {
+            return None;
+        }
+        let weights = f32_values(pointwise, c_out * c)?;
+        let panels = avx512::Panels::new(&weights.storage::<f32>()[..c_out * c], c_out, c);
+        Some(Self(Arc::new(panels)))
+    }
 }
 
 /// The depthwise convolution and the 1x1 convolution's output channels, when the operands
@@ -63,10 +90,10 @@ impl Shapes {
         x: &FlexTensor,
         depthwise: &FlexTensor,
         padding: [usize; 2],
-        pointwise: &FlexTensor,
+        pointwise: &avx512::Panels,
         residual: Option<&FlexTensor>,
     ) -> Option<Self> {
-        let operands = [Some(x), Some(depthwise), Some(pointwise), residual];
+        let operands = [Some(x), Some(depthwise), residual];
         if operands
             .iter()
             .flatten()
@@ -83,8 +110,8 @@ impl Shapes {
             depthwise.layout().shape(),
             &ConvOptions::new([1, 1], padding, [1, 1], c),
         )?;
-        let [c_out, c_in, kh, kw] = pointwise.layout().shape().dims::<4>();
-        if !matches!(conv.kind, Kind::Depthwise) || [c_in, kh, kw] != [c, 1, 1] || c_out == 0 {
+        let c_out = pointwise.c_out;
+        if !matches!(conv.kind, Kind::Depthwise) || conv.kernel != [3, 3] || pointwise.k != c {
             return None;
         }
         let out_dims = [conv.batch, c_out, conv.out_hw[0], conv.out_hw[1]];
@@ -100,11 +127,11 @@ impl Shapes {
     }
 }
 
+type BlockBuffers = (Vec<f32>, Vec<*const f32>);
+
 std::thread_local! {
-    /// Each thread's depthwise output for the block it works on.
-    static DEPTHWISE: core::cell::RefCell<alloc::vec::Vec<f32>> = const {
-        core::cell::RefCell::new(alloc::vec::Vec::new())
-    };
+    /// Each thread's depthwise output for the block it works on, and its taps' pointers.
+    static BLOCK: RefCell<BlockBuffers> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 fn fused(
@@ -112,42 +139,42 @@ fn fused(
     x: &FlexTensor,
     relu_input: bool,
     depthwise: &FlexTensor,
-    pointwise: &FlexTensor,
+    panels: &avx512::Panels,
     bias: Option<&FlexTensor>,
     residual: Option<&FlexTensor>,
 ) -> Option<FlexTensor> {
     let (conv, c, c_out) = (&shapes.depthwise, shapes.depthwise.c_in, shapes.c_out);
     let depthwise = f32_values(depthwise, depthwise.layout().num_elements())?;
     let taps = conv.tap_major(&depthwise.storage::<f32>()[..depthwise.layout().num_elements()]);
-    let pointwise = f32_values(pointwise, c_out * c)?;
-    let panels = avx512::Panels::new(&pointwise.storage::<f32>()[..c_out * c], c_out, c);
     let mut padded_bias = alloc::vec![0.0f32; panels.padded_len()];
     if let Some(bias) = bias {
         let bias = f32_values(bias, c_out)?;
         padded_bias[..c_out].copy_from_slice(&bias.storage::<f32>()[..c_out]);
     }
     let x = nhwc_data(x);
+    let zeros = alloc::vec![0.0f32; c];
     let residual = residual.map(nhwc_data);
     let rows = conv.batch * conv.out_pixels();
     let block = block_rows(rows, c);
-    // SAFETY: each block's product writes every channel of each of its pixels.
-    let out = unsafe {
-        written(rows * c_out, |out| {
-            for_each_plane(out, block * c_out, |i, dst| {
-                let (first, n) = (i * block, dst.len() / c_out);
-                DEPTHWISE.with_borrow_mut(|buffer| {
-                    // Whole micro-tiles: the rows past `n` are read, never stored.
-                    let len = n.next_multiple_of(TILE_ROWS) * c;
-                    if buffer.len() < len {
-                        buffer.resize(len, 0.0);
-                    }
-                    depthwise_rows(conv, &x, &taps, relu_input, first, &mut buffer[..n * c]);
-                    let residual = residual.as_deref().map(|r| &r[first * c_out..(first + n) * c_out]);
-                    panels.product(&buffer[..len], n, &padded_bias, residual, dst);
-                })
+    let fill = |out: &mut [core::mem::MaybeUninit<f32>]| {
+        for_each_plane(out, block * c_out, |i, dst| {
+            let (first, n) = (i * block, dst.len() / c_out);
+            BLOCK.with_borrow_mut(|(buffer, pointers)| {
+                // Whole micro-tiles: the rows past `n` are read, never stored.
+                let len = n.next_multiple_of(TILE_ROWS) * c;
+                if buffer.len() < len {
+                    buffer.resize(len, 0.0);
+                }
+                tap_pointers(conv, &x, &zeros, first, n, pointers);
+                // SAFETY: `pointers` point at `c` values of `x` or `zeros`, both alive.
+                unsafe { avx512::depthwise(pointers, &taps, c, relu_input, &mut buffer[..n * c]) };
+                let residual = residual.as_deref().map(|r| &r[first * c_out..(first + n) * c_out]);
+                panels.product(&buffer[..len], n, &padded_bias, residual, dst);
             })
         })
     };
+    // SAFETY: each block's product writes every channel of each of its pixels.
+    let out = unsafe { written(rows * c_out, fill) };
     Some(channels_last_tensor(out, shapes.out_dims()))
 }
 
@@ -159,19 +186,21 @@ fn block_rows(rows: usize, c: usize) -> usize {
     by_cache.min(by_threads).max(1).next_multiple_of(TILE_ROWS)
 }
 
-/// The depthwise convolution of output pixels `first..` (as many as `out` holds), of
-/// `relu(x)` when `relu` is set.
-fn depthwise_rows(conv: &Conv, x: &[f32], taps: &[f32], relu: bool, first: usize, out: &mut [f32]) {
-    let mut taps_read = TapsRead::new(conv);
-    for (q, pixel) in out.chunks_exact_mut(conv.c_in).enumerate() {
-        // SAFETY: `MaybeUninit<f32>` has `f32`'s layout, and the sums below write only
-        // initialised values.
-        let pixel = unsafe { &mut *(pixel as *mut [f32] as *mut [MaybeUninit<f32>]) };
-        let (pixels, weights) = taps_read.at(x, taps, first + q);
-        if relu {
-            relu_weighted_sum(pixel, pixels, weights);
-        } else {
-            weighted_sum(pixel, pixels, weights);
+/// Per output pixel `first..first + n`, where each of the 3x3 taps reads `x` (NHWC): an input
+/// pixel's first value, or `zeros` (`c` values) for a tap in the padding, so that the kernel
+/// sums nine taps everywhere without a branch.
+fn tap_pointers(conv: &Conv, x: &[f32], zeros: &[f32], first: usize, n: usize, out: &mut Vec<*const f32>) {
+    let ([h, w], [oh, ow], c) = (conv.in_hw, conv.out_hw, conv.c_in);
+    out.clear();
+    for q in first..first + n {
+        let (b, oy, ox) = (q / (oh * ow), q / ow % oh, q % ow);
+        for i in 0..3 {
+            for j in 0..3 {
+                out.push(match (conv.input_at(0, oy, i), conv.input_at(1, ox, j)) {
+                    (Some(iy), Some(ix)) => x[((b * h + iy) * w + ix) * c..][..c].as_ptr(),
+                    _ => zeros.as_ptr(),
+                });
+            }
         }
     }
 }
@@ -188,8 +217,7 @@ mod avx512 {
 
     /// Whether the CPU has AVX-512F and the tests allow it.
     pub(super) fn available() -> bool {
-        let available =
-            simd_variant::allowed(simd_variant::AVX512) && std::is_x86_feature_detected!("avx512f");
+        let available = simd_variant::allowed(simd_variant::AVX512) && std::is_x86_feature_detected!("avx512f");
         if available {
             simd_variant::record(simd_variant::AVX512);
         }
@@ -199,19 +227,26 @@ mod avx512 {
     /// 1x1 weights `[c_out, k]` packed as panels of `PANEL` output channels: panel `j`,
     /// input channel `i` holds `w[j * PANEL.., i]` in `PANEL` consecutive values (zero past
     /// `c_out`), the vectors the micro-kernel loads.
+    #[derive(Debug)]
     pub(super) struct Panels {
         values: Vec<f32>,
-        c_out: usize,
-        k: usize,
+        pub(super) c_out: usize,
+        pub(super) k: usize,
     }
 
     impl Panels {
         pub(super) fn new(w: &[f32], c_out: usize, k: usize) -> Self {
             let mut values = vec![0.0f32; c_out.div_ceil(PANEL) * k * PANEL];
             for_each_plane(&mut values, k * PANEL, |j, panel| {
-                for o in j * PANEL..c_out.min((j + 1) * PANEL) {
-                    for (i, &value) in w[o * k..(o + 1) * k].iter().enumerate() {
-                        panel[i * PANEL + o - j * PANEL] = value;
+                // A transpose in chunks of 16 input channels: the 16 panel rows a chunk
+                // writes (4 KB) stay in L1 while each output channel's 16 weights are read.
+                let outputs = j * PANEL..c_out.min((j + 1) * PANEL);
+                for start in (0..k).step_by(16) {
+                    let end = (start + 16).min(k);
+                    for o in outputs.clone() {
+                        for (i, &value) in w[o * k + start..o * k + end].iter().enumerate() {
+                            panel[(start + i) * PANEL + o - j * PANEL] = value;
+                        }
                     }
                 }
             });
@@ -235,7 +270,10 @@ mod avx512 {
             out: &mut [MaybeUninit<f32>],
         ) {
             let (k, c_out) = (self.k, self.c_out);
-            assert!(a.len() >= rows.next_multiple_of(TILE_ROWS) * k, "a holds whole micro-tiles");
+            assert!(
+                a.len() >= rows.next_multiple_of(TILE_ROWS) * k,
+                "a holds whole micro-tiles"
+            );
             assert_eq!(out.len(), rows * c_out);
             assert_eq!(bias.len(), self.padded_len());
             assert!(residual.is_none_or(|r| r.len() == rows * c_out));
@@ -266,6 +304,142 @@ mod avx512 {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// The 3x3 depthwise convolution, of the input's ReLU with `relu`: for output pixel `q`,
+    /// `out[q * c..][..c] = sum over taps t of pointers[9q + t][..c] * weights[t * c..][..c]`.
+    ///
+    /// # Safety
+    /// Every pointer reaches `c` values.
+    pub(super) unsafe fn depthwise(pointers: &[*const f32], weights: &[f32], c: usize, relu: bool, out: &mut [f32]) {
+        let n = pointers.len() / 9;
+        assert_eq!(pointers.len(), n * 9);
+        assert_eq!(weights.len(), 9 * c);
+        assert_eq!(out.len(), n * c);
+        assert!(available());
+        // Two output pixels at a time (8 chains of FMAs, each tap's weights loaded once for
+        // both), each walking its inputs' channels in order, which the prefetchers follow.
+        let mut q = 0;
+        while q < n {
+            let pair = q + 2 <= n;
+            // The taps that pixels `q + AHEAD` and the one after read and their left
+            // neighbours do not (the kernel's right column): asked of the cache now, they
+            // arrive while these pixels are summed (the layer before left them in L3 or memory).
+            let ahead: [*const f32; 6] = core::array::from_fn(|k| {
+                let pixel = (q + AHEAD + k / 3).min(n - 1);
+                pointers[9 * pixel + 3 * (k % 3) + 2]
+            });
+            let (pointers, out) = (&pointers[9 * q..], out[q * c..].as_mut_ptr());
+            // SAFETY: AVX-512F is available; the caller vouches for the pointers, the asserts
+            // for `weights` and `out` (rows `q` and `q + 1` when `pair`).
+            unsafe {
+                match (relu, pair) {
+                    (true, true) => pixels::<true, 2>(pointers, &ahead, weights, c, out),
+                    (true, false) => pixels::<true, 1>(pointers, &ahead, weights, c, out),
+                    (false, true) => pixels::<false, 2>(pointers, &ahead, weights, c, out),
+                    (false, false) => pixels::<false, 1>(pointers, &ahead, weights, c, out),
+                }
+            }
+            q += if pair { 2 } else { 1 };
+        }
+    }
+
+    /// Output pixels between those summed and those whose input is prefetched.
+    const AHEAD: usize = 4;
+
+    /// The lanes of channels `start..c` in a vector.
+    #[inline]
+    fn lane_mask(start: usize, c: usize) -> __mmask16 {
+        if c - start >= LANES {
+            u16::MAX
+        } else {
+            (1u16 << (c - start)) - 1
+        }
+    }
+
+    /// `P` output pixels (their taps' pointers first in `pointers`, rows `c` apart from
+    /// `out`): every channel, 64 at a time, then the rest; prefetching the channels of
+    /// `ahead` as it goes.
+    ///
+    /// # Safety
+    /// On a CPU with AVX-512F; `9 * P` pointers and `ahead` that reach `c` values, `weights`
+    /// 9 rows of `c`, `P` rows of `c` at `out`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn pixels<const RELU: bool, const P: usize>(
+        pointers: &[*const f32],
+        ahead: &[*const f32; 6],
+        weights: &[f32],
+        c: usize,
+        out: *mut f32,
+    ) {
+        let taps: [[*const f32; 9]; P] = core::array::from_fn(|p| core::array::from_fn(|t| pointers[9 * p + t]));
+        let weights = weights.as_ptr();
+        let full = c / PANEL * PANEL;
+        // SAFETY (every call): the channels `start..` and the masks keep to `c` values.
+        for start in (0..full).step_by(PANEL) {
+            unsafe { channels::<RELU, P, 4>(&taps, ahead, weights, c, start, [u16::MAX; 4], out) };
+        }
+        if full < c {
+            let masks = |v: usize| lane_mask((full + v * LANES).min(c), c);
+            unsafe {
+                match (c - full).div_ceil(LANES) {
+                    4 => channels::<RELU, P, 4>(&taps, ahead, weights, c, full, core::array::from_fn(masks), out),
+                    3 => channels::<RELU, P, 3>(&taps, ahead, weights, c, full, core::array::from_fn(masks), out),
+                    2 => channels::<RELU, P, 2>(&taps, ahead, weights, c, full, core::array::from_fn(masks), out),
+                    _ => channels::<RELU, P, 1>(&taps, ahead, weights, c, full, core::array::from_fn(masks), out),
+                }
+            }
+        }
+    }
+
+    /// `V` vectors of channels from `start` (lanes `masks`) of `P` output pixels.
+    ///
+    /// # Safety
+    /// As [pixels], for the masked lanes.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn channels<const RELU: bool, const P: usize, const V: usize>(
+        taps: &[[*const f32; 9]; P],
+        ahead: &[*const f32; 6],
+        weights: *const f32,
+        c: usize,
+        start: usize,
+        masks: [__mmask16; V],
+        out: *mut f32,
+    ) {
+        for &pixel in ahead {
+            for v in 0..V {
+                // SAFETY: channel `start + 16v` of a pixel of `c` values; a prefetch reads
+                // nothing into the program.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(pixel.add(start + v * LANES).cast()) };
+            }
+        }
+        let zero = _mm512_setzero_ps();
+        let mut acc = [[zero; V]; P];
+        for t in 0..9 {
+            let mut w = [zero; V];
+            for (v, w) in w.iter_mut().enumerate() {
+                // SAFETY: the caller's contract.
+                *w = unsafe { _mm512_maskz_loadu_ps(masks[v], weights.add(t * c + start + v * LANES)) };
+            }
+            for (acc, taps) in acc.iter_mut().zip(taps) {
+                for (v, acc) in acc.iter_mut().enumerate() {
+                    // SAFETY: the caller's contract.
+                    let mut x = unsafe { _mm512_maskz_loadu_ps(masks[v], taps[t].add(start + v * LANES)) };
+                    if RELU {
+                        // MAXPS returns its second operand for a NaN: a NaN stays, as in Burn.
+                        x = _mm512_max_ps(zero, x);
+                    }
+                    *acc = _mm512_fmadd_ps(x, w[v], *acc);
+                }
+            }
+        }
+        for (p, acc) in acc.iter().enumerate() {
+            for (v, &acc) in acc.iter().enumerate() {
+                // SAFETY: the caller's contract.
+                unsafe { _mm512_mask_storeu_ps(out.add(p * c + start + v * LANES), masks[v], acc) };
             }
         }
     }
