@@ -496,14 +496,14 @@ fn fused_max_pool_and_shortcut_match_the_ops() {
             &device,
         );
         let expected = pool.forward(x.clone()) + shortcut.clone();
+        if !cfg!(feature = "flex-kernels") {
+            continue;
+        }
         match crate::fused::max_pool2d_add(x, &pool, shortcut) {
             Ok(actual) => actual
                 .into_data()
                 .assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-6)),
-            Err(_) => assert!(
-                !cfg!(feature = "flex-kernels"),
-                "{batch}x{channels} at {size}: the fused kernel declined"
-            ),
+            Err(_) => panic!("{batch}x{channels} at {size}: the fused kernel declined"),
         }
     }
 }
