@@ -277,7 +277,9 @@ mod avx512 {
             assert_eq!(out.len(), rows * c_out);
             assert_eq!(bias.len(), self.padded_len());
             assert!(residual.is_none_or(|r| r.len() == rows * c_out));
-            assert!(available());
+            // The CPU's feature, which the `target_feature` code needs: not `available()`, which a
+            // test narrowing the SIMD variants may turn off while a call is under way.
+            assert!(std::is_x86_feature_detected!("avx512f"));
             for j in 0..c_out.div_ceil(PANEL) {
                 let cols = (c_out - j * PANEL).min(PANEL);
                 for r in (0..rows).step_by(TILE_ROWS) {
@@ -318,7 +320,9 @@ mod avx512 {
         assert_eq!(pointers.len(), n * 9);
         assert_eq!(weights.len(), 9 * c);
         assert_eq!(out.len(), n * c);
-        assert!(available());
+        // The CPU's feature, which the `target_feature` code needs: not `available()`, which a
+        // test narrowing the SIMD variants may turn off while a call is under way.
+        assert!(std::is_x86_feature_detected!("avx512f"));
         // Two output pixels at a time (8 chains of FMAs, each tap's weights loaded once for
         // both), each walking its inputs' channels in order, which the prefetchers follow.
         let mut q = 0;
