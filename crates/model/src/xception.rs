@@ -118,7 +118,9 @@ pub struct SepConvBn {
     /// Whether `bn` is folded into `pointwise` (inference only).
     #[module(skip)]
     pub folded: bool,
-    /// `pointwise`'s folded weights packed for the fused inference kernel, if it runs here.
+    /// `pointwise`'s folded weights packed for the fused inference kernel, if it runs here:
+    /// a copy taken by [Self::folded], which weights changed afterwards do not reach (fold
+    /// last, on the network that will run inference).
     #[module(skip)]
     pub packed: PackedPointwise,
 }
