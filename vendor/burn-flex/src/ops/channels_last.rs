@@ -91,7 +91,9 @@ pub fn is_channels_last(layout: &Layout) -> bool {
 /// Whether `tensor` is an f32 channels-last tensor that is not also plain NCHW (the layouts
 /// coincide when a tensor has one channel or one pixel).
 fn takes_channels_last(tensor: &FlexTensor) -> bool {
-    tensor.dtype() == DType::F32 && is_channels_last(tensor.layout()) && !tensor.layout().is_contiguous()
+    tensor.dtype() == DType::F32
+        && is_channels_last(tensor.layout())
+        && !tensor.layout().is_contiguous()
 }
 
 /// A channels-last f32 tensor of logical shape `dims` holding `data` in NHWC order.
@@ -150,7 +152,8 @@ fn nhwc_data(tensor: &FlexTensor) -> Cow<'_, [f32]> {
 
 /// A contiguous f32 tensor's first `count` values, or `None` for another dtype.
 fn f32_values(tensor: &FlexTensor, count: usize) -> Option<FlexTensor> {
-    (tensor.dtype() == DType::F32 && tensor.layout().num_elements() == count).then(|| tensor.to_contiguous())
+    (tensor.dtype() == DType::F32 && tensor.layout().num_elements() == count)
+        .then(|| tensor.to_contiguous())
 }
 
 /// Splits `0..len` into a few ranges per thread, runs `work` on each (in parallel with
@@ -235,16 +238,7 @@ multiversion! {
 
 /// `acc[..n] += sum over p < count of a[p * a_step + start..][..n] * b[p * b_step + start..][..n]`.
 #[inline(always)]
-fn dot_pixels_block(
-    acc: &mut [f32],
-    a: &[f32],
-    a_step: usize,
-    b: &[f32],
-    b_step: usize,
-    count: usize,
-    start: usize,
-    n: usize,
-) {
+fn dot_pixels_block(acc: &mut [f32], a: &[f32], a_step: usize, b: &[f32], b_step: usize, count: usize, start: usize, n: usize) {
     // Even and odd pixels in separate sums: eight chains of additions instead of four.
     let (mut even, mut odd) = ([0.0f32; BLOCK], [0.0f32; BLOCK]);
     let (even, odd) = (&mut even[..n], &mut odd[..n]);
@@ -458,10 +452,7 @@ impl Conv {
     /// along axis `d`: `o * stride + k - pad` in `0..size`.
     fn out_range(&self, d: usize, k: usize) -> Range<usize> {
         let s = self.stride[d];
-        let end = (self.in_hw[d] + self.pad[d])
-            .saturating_sub(k)
-            .div_ceil(s)
-            .min(self.out_hw[d]);
+        let end = (self.in_hw[d] + self.pad[d]).saturating_sub(k).div_ceil(s).min(self.out_hw[d]);
         let start = self.pad[d].saturating_sub(k).div_ceil(s).min(end);
         start..end
     }
@@ -566,7 +557,9 @@ impl Conv {
     /// Depthwise weights `[c, 1, kh, kw]` as `[kh * kw, c]`, one row of channels per tap.
     fn tap_major(&self, w: &[f32]) -> Vec<f32> {
         let (c, taps) = (self.c_in, self.taps());
-        (0..taps).flat_map(|t| (0..c).map(move |ch| w[ch * taps + t])).collect()
+        (0..taps)
+            .flat_map(|t| (0..c).map(move |ch| w[ch * taps + t]))
+            .collect()
     }
 
     /// `y[o] = sum over taps t inside the image of x[at(o, t)] * w[t]`, per channel, one
@@ -983,7 +976,11 @@ fn channel_sums<const N: usize>(
         }
         total
     });
-    core::array::from_fn(|i| (0..c).map(|ch| partials.iter().map(|p| p[i][ch]).sum()).collect())
+    core::array::from_fn(|i| {
+        (0..c)
+            .map(|ch| partials.iter().map(|p| p[i][ch]).sum())
+            .collect()
+    })
 }
 
 /// `out[r, ch] = scale[ch] * (a[r, ch] - offset[ch]) + shift[ch]`, plus
@@ -1081,11 +1078,7 @@ pub fn batch_norm_train(
     };
     let output = write_affine(dims, &data, None, &k);
     let variance = variance.iter().map(|&v| v as f32).collect();
-    Some(BatchNormTrain::new(
-        output,
-        channel_tensor(mean),
-        channel_tensor(variance),
-    ))
+    Some(BatchNormTrain::new(output, channel_tensor(mean), channel_tensor(variance)))
 }
 
 /// Gradients of [batch_norm_train] with respect to the input (channels-last), `gamma` and
@@ -1148,14 +1141,7 @@ pub fn batch_norm_train_backward(
 
 /// Copies the NHWC images `src` (`[batch, src_h, src_w, c]`) into the NHWC images `out`
 /// (`out_hw`, same batch and channels) with their top-left corner at `(top, left)`.
-fn paste(
-    out: &mut [f32],
-    out_hw: [usize; 2],
-    src: &[f32],
-    [src_h, src_w]: [usize; 2],
-    c: usize,
-    [top, left]: [usize; 2],
-) {
+fn paste(out: &mut [f32], out_hw: [usize; 2], src: &[f32], [src_h, src_w]: [usize; 2], c: usize, [top, left]: [usize; 2]) {
     let [out_h, out_w] = out_hw;
     for_each_plane(out, out_w * c, |row, dst| {
         let (b, y) = (row / out_h, row % out_h);
@@ -1247,10 +1233,7 @@ pub fn max_pool2d(
     let len = batch * oh * ow * c;
     // Positions fit in i32 (`h * w` values of one plane); Burn asks for I32 here, I64 is
     // widened afterwards.
-    let (mut values, mut positions) = (
-        Vec::<f32>::with_capacity(len),
-        Vec::<i32>::with_capacity(if with_indices { len } else { 0 }),
-    );
+    let (mut values, mut positions) = (Vec::<f32>::with_capacity(len), Vec::<i32>::with_capacity(if with_indices { len } else { 0 }));
     {
         let values = &mut values.spare_capacity_mut()[..len];
         let positions = &mut positions.spare_capacity_mut()[..if with_indices { len } else { 0 }];
@@ -1267,11 +1250,7 @@ pub fn max_pool2d(
                         at.push((iy * w + ix) as i32);
                     }
                 }
-                let positions = if with_indices {
-                    &mut positions[ox * c..(ox + 1) * c]
-                } else {
-                    &mut []
-                };
+                let positions = if with_indices { &mut positions[ox * c..(ox + 1) * c] } else { &mut [] };
                 max_pixel(&mut values[ox * c..(ox + 1) * c], positions, &pixels, &at);
             }
         };
@@ -1444,7 +1423,11 @@ multiversion! {
 
 /// The gradient of [max_pool2d] with respect to its channels-last input, from the indices
 /// it returned; `None` when the tensors are not channels-last f32 / I64 or I32.
-pub fn max_pool2d_backward(x: &FlexTensor, output_grad: &FlexTensor, indices: &FlexTensor) -> Option<FlexTensor> {
+pub fn max_pool2d_backward(
+    x: &FlexTensor,
+    output_grad: &FlexTensor,
+    indices: &FlexTensor,
+) -> Option<FlexTensor> {
     if !takes_channels_last(x)
         || output_grad.dtype() != DType::F32
         || !matches!(indices.dtype(), DType::I64 | DType::I32)
@@ -1458,12 +1441,7 @@ pub fn max_pool2d_backward(x: &FlexTensor, output_grad: &FlexTensor, indices: &F
     let dy = nhwc_data(output_grad);
     let positions: Cow<'_, [i64]> = match indices.dtype() {
         DType::I64 => Cow::Borrowed(&indices.storage::<i64>()[..dy.len()]),
-        _ => Cow::Owned(
-            indices.storage::<i32>()[..dy.len()]
-                .iter()
-                .map(|&i| i64::from(i))
-                .collect(),
-        ),
+        _ => Cow::Owned(indices.storage::<i32>()[..dy.len()].iter().map(|&i| i64::from(i)).collect()),
     };
     let mut dx = vec![0.0f32; x.layout().num_elements()];
     let plane = h * w;
