@@ -15,27 +15,27 @@ use burn::nn::conv::Conv2d;
 use burn::nn::pool::MaxPool2d;
 use burn::tensor::Tensor;
 
-/// A 1x1 convolution's weights as the fused kernel reads them, packed once when a network is
-/// folded for inference; empty where the kernel does not run (another device, a CPU without
+/// A convolution's weights as the fused kernels read them, packed once when a network is
+/// folded for inference; empty where the kernels do not run (another device, a CPU without
 /// AVX-512, a build without the feature).
 #[derive(Clone, Debug, Default)]
-pub struct PackedPointwise {
+pub struct PackedWeights {
     #[cfg(feature = "flex-kernels")]
-    panels: Option<burn::backend::flex::ops::channels_last::PackedPointwise>,
+    panels: Option<burn::backend::flex::ops::channels_last::PackedWeights>,
 }
 
-impl PackedPointwise {
-    /// `pointwise`'s weights packed, if the fused kernel can use them.
-    pub(crate) fn new(pointwise: &Conv2d) -> Self {
+impl PackedWeights {
+    /// `conv`'s weights packed, if the fused kernels can use them.
+    pub(crate) fn new(conv: &Conv2d) -> Self {
         #[cfg(feature = "flex-kernels")]
         {
             Self {
-                panels: flex::pack(pointwise),
+                panels: flex::pack(conv),
             }
         }
         #[cfg(not(feature = "flex-kernels"))]
         {
-            let _ = pointwise;
+            let _ = conv;
             Self {}
         }
     }
@@ -50,7 +50,7 @@ pub(crate) fn separable_conv2d(
     x: Tensor<4>,
     relu_input: bool,
     depthwise: &Conv2d,
-    (pointwise, packed): (&Conv2d, &PackedPointwise),
+    (pointwise, packed): (&Conv2d, &PackedWeights),
     residual: Option<&Tensor<4>>,
 ) -> Result<Tensor<4>, Tensor<4>> {
     #[cfg(feature = "flex-kernels")]
@@ -67,7 +67,29 @@ pub(crate) fn separable_conv2d(
     }
 }
 
-/// How many separable convolutions the fused kernel has computed in this process.
+/// `conv(x)` (with its bias), then its ReLU with `relu`, in one pass over the activations:
+/// `Err(x)` where the fused kernel does not apply. `conv` must have one group and no
+/// dilation; `packed` holds its weights.
+pub(crate) fn conv2d(
+    x: Tensor<4>,
+    (conv, packed): (&Conv2d, &PackedWeights),
+    relu: bool,
+) -> Result<Tensor<4>, Tensor<4>> {
+    #[cfg(feature = "flex-kernels")]
+    {
+        let Some(panels) = &packed.panels else {
+            return Err(x);
+        };
+        flex::conv2d(x, (conv, panels), relu)
+    }
+    #[cfg(not(feature = "flex-kernels"))]
+    {
+        let _ = (conv, packed, relu);
+        Err(x)
+    }
+}
+
+/// How many convolutions the fused kernels have computed in this process.
 #[cfg(test)]
 pub(crate) fn fused_calls() -> u64 {
     #[cfg(feature = "flex-kernels")]
@@ -103,7 +125,7 @@ mod flex {
     use std::sync::atomic::{AtomicU64, Ordering};
 
     use burn::backend::flex::FlexTensor;
-    use burn::backend::flex::ops::channels_last::{self, PackedPointwise};
+    use burn::backend::flex::ops::channels_last::{self, PackedWeights};
     use burn::backend::{
         BackendTensor, DispatchAutodiffContext, DispatchTensor, DispatchTensorKind,
     };
@@ -112,7 +134,7 @@ mod flex {
     use burn::nn::pool::MaxPool2d;
     use burn::tensor::Tensor;
 
-    /// How many separable convolutions the fused kernel computed (for the tests).
+    /// How many convolutions the fused kernels computed (for the tests).
     pub(super) static FUSED_CALLS: AtomicU64 = AtomicU64::new(0);
 
     /// The flex tensor inside `tensor`, or `tensor` back when it lives elsewhere or records
@@ -149,17 +171,33 @@ mod flex {
         fits.then(|| depthwise.kernel_size.map(|k| (k - 1) / 2))
     }
 
-    /// `pointwise`'s weights packed, when they are f32 on flex and the CPU runs the kernel.
-    pub(super) fn pack(pointwise: &Conv2d) -> Option<PackedPointwise> {
-        PackedPointwise::new(&flex_tensor(pointwise.weight.val()).ok()?)
+    /// `conv`'s weights packed, when they are f32 on flex and the CPU runs the kernels.
+    pub(super) fn pack(conv: &Conv2d) -> Option<PackedWeights> {
+        PackedWeights::new(&flex_tensor(conv.weight.val()).ok()?)
     }
 
-    /// TensorFlow's 'same' padding along one axis, as Burn's `PaddingConfig2d::Same`
-    /// computes it for pooling: the output has `ceil(size / stride)` positions, the padding
-    /// that needs split with the smaller half first.
-    fn same(size: usize, kernel: usize, stride: usize) -> (usize, usize) {
-        let total = ((size.div_ceil(stride) - 1) * stride + kernel).saturating_sub(size);
-        (total / 2, total - total / 2)
+    /// The (begin, end) padding `config` gives along each axis of a `size` input, as Burn's
+    /// `PaddingConfig2d::calculate_padding_2d_pairs` computes it (private to Burn): for
+    /// 'same', TensorFlow's rule (the output has `ceil(size / stride)` positions, the padding
+    /// that needs split with the smaller half first).
+    fn padding_pairs(
+        config: &PaddingConfig2d,
+        size: [usize; 2],
+        kernel: [usize; 2],
+        stride: [usize; 2],
+    ) -> [(usize, usize); 2] {
+        let same = |d: usize| {
+            let total = match size[d].div_ceil(stride[d]) {
+                0 => 0,
+                out => ((out - 1) * stride[d] + kernel[d]).saturating_sub(size[d]),
+            };
+            (total / 2, total - total / 2)
+        };
+        match *config {
+            PaddingConfig2d::Valid => [(0, 0), (0, 0)],
+            PaddingConfig2d::Same => [same(0), same(1)],
+            PaddingConfig2d::Explicit(top, left, bottom, right) => [(top, bottom), (left, right)],
+        }
     }
 
     pub(super) fn max_pool2d_add(
@@ -168,13 +206,10 @@ mod flex {
         shortcut: Tensor<4>,
     ) -> Result<Tensor<4>, (Tensor<4>, Tensor<4>)> {
         let [_, _, h, w] = x.dims();
-        let padding = match pool.padding {
-            PaddingConfig2d::Same if pool.dilation == [1, 1] && !pool.ceil_mode && h * w > 0 => [
-                same(h, pool.kernel_size[0], pool.stride[0]),
-                same(w, pool.kernel_size[1], pool.stride[1]),
-            ],
-            _ => return Err((x, shortcut)),
-        };
+        if pool.dilation != [1, 1] || pool.ceil_mode || h * w == 0 {
+            return Err((x, shortcut));
+        }
+        let padding = padding_pairs(&pool.padding, [h, w], pool.kernel_size, pool.stride);
         let x = match flex_tensor(x) {
             Ok(x) => x,
             Err(x) => return Err((x, shortcut)),
@@ -192,7 +227,7 @@ mod flex {
         x: Tensor<4>,
         relu_input: bool,
         depthwise: &Conv2d,
-        (pointwise, packed): (&Conv2d, &PackedPointwise),
+        (pointwise, packed): (&Conv2d, &PackedWeights),
         residual: Option<&Tensor<4>>,
     ) -> Result<Tensor<4>, Tensor<4>> {
         let Some(padding) = same_padding(depthwise, pointwise) else {
@@ -223,6 +258,34 @@ mod flex {
             bias.as_ref(),
             residual.as_ref(),
         ) {
+            Some(out) => {
+                FUSED_CALLS.fetch_add(1, Ordering::Relaxed);
+                Ok(tensor(out))
+            }
+            None => Err(tensor(x)),
+        }
+    }
+
+    pub(super) fn conv2d(
+        x: Tensor<4>,
+        (conv, packed): (&Conv2d, &PackedWeights),
+        relu: bool,
+    ) -> Result<Tensor<4>, Tensor<4>> {
+        let [_, _, h, w] = x.dims();
+        if conv.dilation != [1, 1] || conv.groups != 1 {
+            return Err(x);
+        }
+        let padding = padding_pairs(&conv.padding, [h, w], conv.kernel_size, conv.stride);
+        let x = flex_tensor(x)?;
+        let bias = match &conv.bias {
+            Some(bias) => match flex_tensor(bias.val()) {
+                Ok(bias) => Some(bias),
+                Err(_) => return Err(tensor(x)),
+            },
+            None => None,
+        };
+        match channels_last::conv2d_bias_relu(&x, packed, conv.stride, padding, bias.as_ref(), relu)
+        {
             Some(out) => {
                 FUSED_CALLS.fetch_add(1, Ordering::Relaxed);
                 Ok(tensor(out))

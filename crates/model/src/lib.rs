@@ -23,7 +23,7 @@ mod xception;
 
 pub use architecture::{BlockSummary, LayerSummary, Summary};
 pub use config::{ConfigError, MIN_INPUT_SIZE, MidActivation, XceptionConfig};
-pub use fused::PackedPointwise;
+pub use fused::PackedWeights;
 pub use inception_v3::{InceptionV3, InceptionV3Config};
 pub use network::{ARCHITECTURES, ModelConfig, Network};
 pub use xception::{

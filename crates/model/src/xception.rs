@@ -13,7 +13,7 @@ use burn::tensor::{Device, Tensor};
 use crate::architecture::{BlockKind, BlockPlan, plan};
 use crate::config::{ConfigError, MidActivation, XceptionConfig};
 use crate::fold::{BatchNormStatistics, fold_batch_norm};
-use crate::fused::{self, PackedPointwise};
+use crate::fused::{self, PackedWeights};
 
 /// Keras' BatchNormalization epsilon, which the official weights were trained with.
 pub const BN_EPSILON: f64 = 1e-3;
@@ -62,6 +62,10 @@ pub struct ConvBn {
     /// Whether `bn` is folded into `conv` (inference only, [`crate::Network::folded`]).
     #[module(skip)]
     pub folded: bool,
+    /// `conv`'s folded weights packed for the fused inference kernel, if it runs here: a
+    /// copy taken by [Self::folded], which weights changed afterwards do not reach.
+    #[module(skip)]
+    pub packed: PackedWeights,
 }
 
 impl ConvBn {
@@ -75,6 +79,7 @@ impl ConvBn {
             conv: conv(channels, kernel, stride, 1, padding, device),
             bn: batch_norm(channels.1, bn_momentum, device),
             folded: false,
+            packed: PackedWeights::default(),
         }
     }
 
@@ -84,10 +89,27 @@ impl ConvBn {
         if self.folded { x } else { self.bn.forward(x) }
     }
 
-    /// The BatchNorm folded into the convolution (inference only).
+    /// [Self::forward], then ReLU with `relu`. With the BatchNorm folded, on the flex device,
+    /// one fused kernel (`crate::fused`) computes it all; otherwise the ops run one by one.
+    pub fn forward_with(&self, x: Tensor<4>, relu_output: bool) -> Tensor<4> {
+        let x = if self.folded {
+            match fused::conv2d(x, (&self.conv, &self.packed), relu_output) {
+                Ok(y) => return y,
+                Err(x) => x,
+            }
+        } else {
+            x
+        };
+        let y = self.forward(x);
+        if relu_output { relu(y) } else { y }
+    }
+
+    /// The BatchNorm folded into the convolution (inference only), whose weights are then
+    /// packed for the fused kernel where it runs.
     pub fn folded(mut self) -> Self {
         fold_batch_norm(&mut self.conv, statistics(&self.bn));
         self.folded = true;
+        self.packed = PackedWeights::new(&self.conv);
         self
     }
 }
@@ -122,7 +144,7 @@ pub struct SepConvBn {
     /// a copy taken by [Self::folded], which weights changed afterwards do not reach (fold
     /// last, on the network that will run inference).
     #[module(skip)]
-    pub packed: PackedPointwise,
+    pub packed: PackedWeights,
 }
 
 impl SepConvBn {
@@ -134,7 +156,7 @@ impl SepConvBn {
             bn: batch_norm(c_out, config.bn_momentum, device),
             mid_activation,
             folded: false,
-            packed: PackedPointwise::default(),
+            packed: PackedWeights::default(),
         }
     }
 
@@ -143,7 +165,7 @@ impl SepConvBn {
     pub fn folded(mut self) -> Self {
         fold_batch_norm(&mut self.pointwise, statistics(&self.bn));
         self.folded = true;
-        self.packed = PackedPointwise::new(&self.pointwise);
+        self.packed = PackedWeights::new(&self.pointwise);
         self
     }
 
@@ -202,8 +224,8 @@ pub struct Stem {
 impl Stem {
     /// Both convolutions, each followed by ReLU.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = relu(self.conv1.forward(x));
-        relu(self.conv2.forward(x))
+        let x = self.conv1.forward_with(x, true);
+        self.conv2.forward_with(x, true)
     }
 }
 
@@ -230,7 +252,7 @@ impl DownsampleBlock {
         let shortcut = self
             .residual
             .as_ref()
-            .map(|residual| residual.forward(x.clone()));
+            .map(|residual| residual.forward_with(x.clone(), false));
         let x = self.sepconv1.forward_with(x, self.relu_first, None);
         let x = self.sepconv2.forward_with(x, true, None);
         let Some(shortcut) = shortcut else {

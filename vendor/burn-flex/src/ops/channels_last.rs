@@ -31,34 +31,47 @@ use crate::ops::conv_grad::{for_each_plane, gemm_f32, gemm_new_f32, threads, wor
 use crate::{Flex, FlexTensor, Layout};
 
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
-mod separable;
+mod fused;
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
-pub use separable::{PackedPointwise, separable_conv2d};
+pub use fused::{PackedWeights, conv2d_bias_relu, separable_conv2d};
 
-/// The fused separable convolution (`separable.rs`) is x86-64 AVX-512 code: elsewhere there
-/// are no packed weights, and the caller runs the ops one by one.
+/// The fused convolutions (`fused.rs`) are x86-64 AVX-512 code: elsewhere there are no
+/// packed weights, and the caller runs the ops one by one.
 #[cfg(not(all(feature = "std", target_arch = "x86_64")))]
 #[derive(Clone, Debug)]
-pub struct PackedPointwise(core::convert::Infallible);
+pub struct PackedWeights(core::convert::Infallible);
 
 #[cfg(not(all(feature = "std", target_arch = "x86_64")))]
-impl PackedPointwise {
+impl PackedWeights {
     /// Always `None` here.
-    pub fn new(_pointwise: &FlexTensor) -> Option<Self> {
+    pub fn new(_weights: &FlexTensor) -> Option<Self> {
         None
     }
 }
 
-/// Always `None` here (see [PackedPointwise]).
+/// Always `None` here (see [PackedWeights]).
 #[cfg(not(all(feature = "std", target_arch = "x86_64")))]
 pub fn separable_conv2d(
     _x: &FlexTensor,
     _relu_input: bool,
     _depthwise: &FlexTensor,
     _padding: [usize; 2],
-    _pointwise: &PackedPointwise,
+    _pointwise: &PackedWeights,
     _bias: Option<&FlexTensor>,
     _residual: Option<&FlexTensor>,
+) -> Option<FlexTensor> {
+    None
+}
+
+/// Always `None` here (see [PackedWeights]).
+#[cfg(not(all(feature = "std", target_arch = "x86_64")))]
+pub fn conv2d_bias_relu(
+    _x: &FlexTensor,
+    _weights: &PackedWeights,
+    _stride: [usize; 2],
+    _padding: [(usize, usize); 2],
+    _bias: Option<&FlexTensor>,
+    _relu: bool,
 ) -> Option<FlexTensor> {
     None
 }
@@ -364,6 +377,19 @@ enum Kind {
     Dense,
 }
 
+/// Dense weights `[c_out, c_in, taps]` as `[c_out, taps, c_in]`, the order of a patch.
+fn patch_major(w: &[f32], c_out: usize, c_in: usize, taps: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; c_out * taps * c_in];
+    for (o, dst) in out.chunks_exact_mut(taps * c_in).enumerate() {
+        for t in 0..taps {
+            for ci in 0..c_in {
+                dst[t * c_in + ci] = w[(o * c_in + ci) * taps + t];
+            }
+        }
+    }
+    out
+}
+
 /// A 2-D convolution's geometry, for the kinds above without dilation.
 #[derive(Clone, Copy)]
 struct Conv {
@@ -657,16 +683,7 @@ impl Conv {
 
     /// Dense weights `[c_out, c_in, kh, kw]` as `[c_out, kh, kw, c_in]`, the order of a patch.
     fn patch_major(&self, w: &[f32]) -> Vec<f32> {
-        let (c_in, taps) = (self.c_in, self.taps());
-        let mut out = vec![0.0f32; self.c_out * taps * c_in];
-        for (o, dst) in out.chunks_exact_mut(taps * c_in).enumerate() {
-            for t in 0..taps {
-                for ci in 0..c_in {
-                    dst[t * c_in + ci] = w[(o * c_in + ci) * taps + t];
-                }
-            }
-        }
-        out
+        patch_major(w, self.c_out, self.c_in, self.taps())
     }
 
     /// The reverse of [Self::patch_major].

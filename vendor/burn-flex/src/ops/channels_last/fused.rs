@@ -1,13 +1,14 @@
-//! A separable convolution for inference in one pass (xception-burn's patch): an optional
-//! ReLU of the input, a depthwise convolution with stride one, a 1x1 convolution, its bias
-//! and a residual added, over blocks of output pixels.
+//! Convolutions for inference in one pass (xception-burn's patch): a separable convolution (an
+//! optional ReLU of the input, a depthwise convolution with stride one, a 1x1 convolution, its
+//! bias and a residual added) and a convolution with one group (its bias and an optional
+//! ReLU), over blocks of output pixels.
 //!
 //! Op by op, each of those steps is a pass over the whole activation in memory (the ReLU, the
-//! depthwise output, gemm's packing of it, the zeroed product, the bias, the residual sum).
-//! Here a block's depthwise output (at most `BLOCK_VALUES`) stays in the core's L2 cache, the
-//! 1x1 weights come packed ([PackedPointwise], once per model) in panels of 64 output
-//! channels, and an AVX-512
-//! micro-kernel multiplies the block by each panel, adding bias and residual while the sums are
+//! depthwise output or the im2col patches, gemm's packing of them, the zeroed product, the
+//! bias, the residual sum, the ReLU). Here a block's depthwise outputs or patches (at most
+//! `BLOCK_VALUES`) stay in the core's L2 cache, the weights come packed ([PackedWeights],
+//! once per model) in panels of 64 output channels, and an AVX-512 micro-kernel multiplies
+//! the block by each panel, adding bias and residual and applying the ReLU while the sums are
 //! in registers. Other CPUs, dtypes and shapes get `None`, and the caller runs the ops one by
 //! one.
 
@@ -16,9 +17,10 @@ use core::cell::RefCell;
 
 use burn_backend::DType;
 use burn_backend::ops::ConvOptions;
+use burn_std::Shape;
 use burn_std::sync::Arc;
 
-use super::{Conv, Kind, channels_last_tensor, f32_values, nhwc_data, written};
+use super::{Conv, Kind, channels_last_tensor, f32_values, nhwc_data, patch_major, written};
 use crate::FlexTensor;
 use crate::ops::conv_grad::{for_each_plane, threads};
 
@@ -27,54 +29,111 @@ use crate::ops::conv_grad::{for_each_plane, threads};
 const TILE_ROWS: usize = 6;
 /// f32 lanes of an AVX-512 vector.
 const LANES: usize = 16;
-/// Output channels per panel of packed 1x1 weights.
+/// Output channels per panel of packed weights.
 const PANEL: usize = 4 * LANES;
-/// The most depthwise outputs a block holds (320 KB): with a panel of weights (up to
-/// 64 x 2048 x 4 bytes), within a core's L2 cache.
+/// The most depthwise outputs or patch values a block holds (320 KB): with a panel of
+/// weights (up to 64 x 2048 x 4 bytes), within a core's L2 cache.
 const BLOCK_VALUES: usize = 80 << 10;
 
 /// `relu(x)` (with `relu_input`, else `x`) through a depthwise convolution (weights
 /// `[c, 1, kh, kw]`, stride one, `padding` on both sides of each axis), then a 1x1
-/// convolution (`[c_out, c, 1, 1]`) plus `bias`, plus `residual` (`[n, c_out, oh, ow]`): a
-/// channels-last f32 tensor, or `None` where the fused kernel does not apply (another
-/// dtype or shape, a CPU without AVX-512, a build without `std`).
+/// convolution (`pointwise`, `[c_out, c, 1, 1]`) plus `bias`, plus `residual` (`[n, c_out,
+/// oh, ow]`): a channels-last f32 tensor, or `None` where the fused kernel does not apply
+/// (another dtype or shape, a CPU without AVX-512, a build without `std`).
 pub fn separable_conv2d(
     x: &FlexTensor,
     relu_input: bool,
     depthwise: &FlexTensor,
     padding: [usize; 2],
-    pointwise: &PackedPointwise,
+    pointwise: &PackedWeights,
     bias: Option<&FlexTensor>,
     residual: Option<&FlexTensor>,
 ) -> Option<FlexTensor> {
-    if !avx512::available() {
+    if !avx512::available() || pointwise.kernel != [1, 1] {
         return None;
     }
-    let shapes = Shapes::new(x, depthwise, padding, &pointwise.0, residual)?;
-    fused(&shapes, x, relu_input, depthwise, &pointwise.0, bias, residual)
+    let shapes = Shapes::new(x, depthwise, padding, &pointwise.panels, residual)?;
+    fused(&shapes, x, relu_input, depthwise, &pointwise.panels, bias, residual)
 }
 
-/// A 1x1 convolution's weights (`[c_out, c, 1, 1]`, f32) packed for [separable_conv2d]: the
-/// packing is a pass over the weights, so a caller packs once and reuses them for every batch.
-/// Holds no reference to the tensor: weights changed later need packing again.
-#[derive(Clone, Debug)]
-pub struct PackedPointwise(Arc<avx512::Panels>);
+/// `x` through a convolution with one group (the packed `weights`, `stride`, `padding` as
+/// (begin, end) pairs, no dilation), plus `bias`, then a ReLU with `relu`: a channels-last
+/// f32 tensor, or `None` where the fused kernel does not apply (as [separable_conv2d]).
+pub fn conv2d_bias_relu(
+    x: &FlexTensor,
+    weights: &PackedWeights,
+    stride: [usize; 2],
+    padding: [(usize, usize); 2],
+    bias: Option<&FlexTensor>,
+    relu: bool,
+) -> Option<FlexTensor> {
+    let panels = &weights.panels;
+    if !avx512::available() || x.dtype() != DType::F32 || x.layout().shape().num_dims() != 4 || stride.contains(&0) {
+        return None;
+    }
+    let c_in = x.layout().shape()[1];
+    let [kh, kw] = weights.kernel;
+    let options = ConvOptions::new_with_padding(stride, padding, [1, 1], 1);
+    let conv = Conv::new(x.layout().shape(), &Shape::new([panels.c_out, c_in, kh, kw]), &options)?;
+    if matches!(conv.kind, Kind::Depthwise) || panels.k != conv.taps() * c_in {
+        return None;
+    }
+    let (k, c_out) = (panels.k, panels.c_out);
+    let bias = padded_bias(panels, bias)?;
+    let x = nhwc_data(x);
+    let zeros = alloc::vec![0.0f32; c_in];
+    let rows = conv.batch * conv.out_pixels();
+    let block = block_rows(rows, k);
+    let fill = |out: &mut [core::mem::MaybeUninit<f32>]| {
+        for_each_plane(out, block * c_out, |i, dst| {
+            let (first, n) = (i * block, dst.len() / c_out);
+            BLOCK.with_borrow_mut(|(buffer, _)| {
+                // Whole micro-tiles: the rows past `n` are read, never stored.
+                let len = n.next_multiple_of(TILE_ROWS) * k;
+                if buffer.len() < len {
+                    buffer.resize(len, 0.0);
+                }
+                gather_patches(&conv, &x, &zeros, first, &mut buffer[..n * k]);
+                panels.product(&buffer[..len], n, &bias, None, relu, dst);
+            })
+        })
+    };
+    // SAFETY: each block's product writes every channel of each of its pixels.
+    let out = unsafe { written(rows * c_out, fill) };
+    Some(channels_last_tensor(out, conv.out_dims()))
+}
 
-impl PackedPointwise {
-    /// The packed weights, or `None` for another dtype or shape, or where the fused kernel
-    /// does not run (a CPU without AVX-512).
-    pub fn new(pointwise: &FlexTensor) -> Option<Self> {
-        let shape = pointwise.layout().shape();
-        if !avx512::available() || pointwise.dtype() != DType::F32 || shape.num_dims() != 4 {
+/// A convolution's weights (`[c_out, c_in, kh, kw]`, f32, one group) packed for [conv2d_bias_relu] and,
+/// 1x1, for [separable_conv2d]: the packing is a pass over the weights, so a caller packs
+/// once and reuses them for every batch. Holds no reference to the tensor: weights changed
+/// later need packing again.
+#[derive(Clone, Debug)]
+pub struct PackedWeights {
+    panels: Arc<avx512::Panels>,
+    kernel: [usize; 2],
+}
+
+impl PackedWeights {
+    /// The packed weights, or `None` for another dtype or shape, or where the fused kernels
+    /// do not run (a CPU without AVX-512).
+    pub fn new(weights: &FlexTensor) -> Option<Self> {
+        let shape = weights.layout().shape();
+        if !avx512::available() || weights.dtype() != DType::F32 || shape.num_dims() != 4 {
             return None;
         }
-        let [c_out, c, kh, kw] = shape.dims::<4>();
-        if [kh, kw] != [1, 1] || c_out == 0 || c == 0 {
+        let [c_out, c_in, kh, kw] = shape.dims::<4>();
+        let k = c_in * kh * kw;
+        if c_out == 0 || k == 0 {
             return None;
         }
-        let weights = f32_values(pointwise, c_out * c)?;
-        let panels = avx512::Panels::new(&weights.storage::<f32>()[..c_out * c], c_out, c);
-        Some(Self(Arc::new(panels)))
+        let values = f32_values(weights, c_out * k)?;
+        // A pixel's patch is laid out tap by tap (as the gather writes it).
+        let w = patch_major(&values.storage::<f32>()[..c_out * k], c_out, c_in, kh * kw);
+        let panels = avx512::Panels::new(&w, c_out, k);
+        Some(Self {
+            panels: Arc::new(panels),
+            kernel: [kh, kw],
+        })
     }
 }
 
@@ -130,8 +189,23 @@ impl Shapes {
 type BlockBuffers = (Vec<f32>, Vec<*const f32>);
 
 std::thread_local! {
-    /// Each thread's depthwise output for the block it works on, and its taps' pointers.
+    /// Each thread's depthwise outputs or patches for the block it works on, and the
+    /// depthwise taps' pointers.
     static BLOCK: RefCell<BlockBuffers> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// `bias` (or zeros) padded to whole panels, as the micro-kernel reads it.
+fn padded_bias(panels: &avx512::Panels, bias: Option<&FlexTensor>) -> Option<Vec<f32>> {
+    let mut padded = alloc::vec![0.0f32; panels.padded_len()];
+    if let Some(bias) = bias {
+        let c_out = panels.c_out;
+        if bias.dtype() != DType::F32 || bias.layout().num_elements() != c_out {
+            return None;
+        }
+        let bias = f32_values(bias, c_out)?;
+        padded[..c_out].copy_from_slice(&bias.storage::<f32>()[..c_out]);
+    }
+    Some(padded)
 }
 
 fn fused(
@@ -146,11 +220,7 @@ fn fused(
     let (conv, c, c_out) = (&shapes.depthwise, shapes.depthwise.c_in, shapes.c_out);
     let depthwise = f32_values(depthwise, depthwise.layout().num_elements())?;
     let taps = conv.tap_major(&depthwise.storage::<f32>()[..depthwise.layout().num_elements()]);
-    let mut padded_bias = alloc::vec![0.0f32; panels.padded_len()];
-    if let Some(bias) = bias {
-        let bias = f32_values(bias, c_out)?;
-        padded_bias[..c_out].copy_from_slice(&bias.storage::<f32>()[..c_out]);
-    }
+    let padded_bias = padded_bias(panels, bias)?;
     let x = nhwc_data(x);
     let zeros = alloc::vec![0.0f32; c];
     let residual = residual.map(nhwc_data);
@@ -169,7 +239,7 @@ fn fused(
                 // SAFETY: `pointers` point at `c` values of `x` or `zeros`, both alive.
                 unsafe { avx512::depthwise(pointers, &taps, c, relu_input, &mut buffer[..n * c]) };
                 let residual = residual.as_deref().map(|r| &r[first * c_out..(first + n) * c_out]);
-                panels.product(&buffer[..len], n, &padded_bias, residual, dst);
+                panels.product(&buffer[..len], n, &padded_bias, residual, false, dst);
             })
         })
     };
@@ -180,8 +250,8 @@ fn fused(
 
 /// Output pixels per block: as many as `BLOCK_VALUES` allows, a multiple of the micro-tile,
 /// and a few blocks per thread.
-fn block_rows(rows: usize, c: usize) -> usize {
-    let by_cache = BLOCK_VALUES / c;
+fn block_rows(rows: usize, k: usize) -> usize {
+    let by_cache = BLOCK_VALUES / k;
     let by_threads = rows.div_ceil(threads() * 4);
     by_cache.min(by_threads).max(1).next_multiple_of(TILE_ROWS)
 }
@@ -200,6 +270,24 @@ fn tap_pointers(conv: &Conv, x: &[f32], zeros: &[f32], first: usize, n: usize, o
                     (Some(iy), Some(ix)) => x[((b * h + iy) * w + ix) * c..][..c].as_ptr(),
                     _ => zeros.as_ptr(),
                 });
+            }
+        }
+    }
+}
+
+/// The patches of output pixels `first..` (as many as `out` holds), `conv.patch_len()`
+/// values each, tap by tap: the input pixel (NHWC `x`) a tap reads, or `zeros` in the padding.
+fn gather_patches(conv: &Conv, x: &[f32], zeros: &[f32], first: usize, out: &mut [f32]) {
+    let ([h, w], [oh, ow], [kh, kw], c) = (conv.in_hw, conv.out_hw, conv.kernel, conv.c_in);
+    for (q, patch) in (first..).zip(out.chunks_exact_mut(conv.patch_len())) {
+        let (b, oy, ox) = (q / (oh * ow), q / ow % oh, q % ow);
+        for i in 0..kh {
+            for j in 0..kw {
+                let pixel = match (conv.input_at(0, oy, i), conv.input_at(1, ox, j)) {
+                    (Some(iy), Some(ix)) => &x[((b * h + iy) * w + ix) * c..][..c],
+                    _ => zeros,
+                };
+                patch[(i * kw + j) * c..][..c].copy_from_slice(pixel);
             }
         }
     }
@@ -258,15 +346,16 @@ mod avx512 {
             self.c_out.div_ceil(PANEL) * PANEL
         }
 
-        /// `out[p, o] = sum_i a[p, i] * w[o, i] + bias[o] (+ residual[p, o])` for the first
-        /// `rows` rows of `a` (`[_, k]`, whole micro-tiles long), `bias` padded to
-        /// [Self::padded_len].
+        /// `out[p, o] = sum_i a[p, i] * w[o, i] + bias[o] (+ residual[p, o])`, its ReLU with
+        /// `relu`, for the first `rows` rows of `a` (`[_, k]`, whole micro-tiles long), `bias`
+        /// padded to [Self::padded_len].
         pub(super) fn product(
             &self,
             a: &[f32],
             rows: usize,
             bias: &[f32],
             residual: Option<&[f32]>,
+            relu: bool,
             out: &mut [MaybeUninit<f32>],
         ) {
             let (k, c_out) = (self.k, self.c_out);
@@ -298,11 +387,15 @@ mod avx512 {
                     // reads (`TILE_ROWS` rows of `a`, `k` rows of the panel, `cols` values
                     // of `rows` rows of the residual) and writes inside the slices.
                     unsafe {
-                        match cols.div_ceil(LANES) {
-                            4 => micro_kernel::<4>(&tile),
-                            3 => micro_kernel::<3>(&tile),
-                            2 => micro_kernel::<2>(&tile),
-                            _ => micro_kernel::<1>(&tile),
+                        match (cols.div_ceil(LANES), relu) {
+                            (4, false) => micro_kernel::<4, false>(&tile),
+                            (3, false) => micro_kernel::<3, false>(&tile),
+                            (2, false) => micro_kernel::<2, false>(&tile),
+                            (_, false) => micro_kernel::<1, false>(&tile),
+                            (4, true) => micro_kernel::<4, true>(&tile),
+                            (3, true) => micro_kernel::<3, true>(&tile),
+                            (2, true) => micro_kernel::<2, true>(&tile),
+                            (_, true) => micro_kernel::<1, true>(&tile),
                         }
                     }
                 }
@@ -450,7 +543,7 @@ mod avx512 {
 
     /// One micro-tile: up to `TILE_ROWS` pixels by `cols` (at most `16 * V`) channels.
     struct Tile {
-        /// `TILE_ROWS` rows of `k` depthwise outputs.
+        /// `TILE_ROWS` rows of `k` depthwise outputs or patch values.
         a: *const f32,
         k: usize,
         /// `k` rows of `PANEL` weights.
@@ -466,10 +559,12 @@ mod avx512 {
         cols: usize,
     }
 
+    /// The tile's sums plus bias and residual, their ReLU with `RELU`.
+    ///
     /// # Safety
     /// The CPU has AVX-512F, and `t`'s pointers reach what its fields say.
     #[target_feature(enable = "avx512f")]
-    unsafe fn micro_kernel<const V: usize>(t: &Tile) {
+    unsafe fn micro_kernel<const V: usize, const RELU: bool>(t: &Tile) {
         let mut acc = [[_mm512_setzero_ps(); V]; TILE_ROWS];
         for i in 0..t.k {
             let mut w = [_mm512_setzero_ps(); V];
@@ -503,6 +598,10 @@ mod avx512 {
                 if let Some(residual) = t.residual {
                     // SAFETY: the mask keeps to the tile's `cols` values of row `p`.
                     value = _mm512_add_ps(value, unsafe { _mm512_maskz_loadu_ps(mask, residual.add(at)) });
+                }
+                if RELU {
+                    // MAXPS returns its second operand for a NaN: a NaN stays, as in Burn.
+                    value = _mm512_max_ps(_mm512_setzero_ps(), value);
                 }
                 // SAFETY: as the residual's read.
                 unsafe { _mm512_mask_storeu_ps(t.out.add(at), mask, value) };
