@@ -545,7 +545,8 @@ fn fused_convolution_matches_the_ops() {
 }
 
 /// Max-pooling plus the shortcut in one pass against the pool then the addition, with
-/// TensorFlow's 'same' padding asymmetric (even sizes) and symmetric (odd).
+/// TensorFlow's 'same' padding asymmetric (even sizes) and symmetric (odd), and NaNs in the
+/// input (a NaN wins the window, as in Burn's max-pool).
 #[test]
 fn fused_max_pool_and_shortcut_match_the_ops() {
     use burn::nn::PaddingConfig2d;
@@ -560,11 +561,16 @@ fn fused_max_pool_and_shortcut_match_the_ops() {
     for (batch, channels, size) in [(2, 20, 74), (1, 70, 33), (3, 16, 10), (1, 5, 2)] {
         // A 1x1 convolution's output: channels-last on flex, as the blocks' activations.
         let to_channels_last = Conv2dConfig::new([channels, channels], [1, 1]).init(&device);
-        let x = to_channels_last.forward(Tensor::random(
+        let x = Tensor::random(
             [batch, channels, size, size],
             Distribution::Uniform(-1.0, 1.0),
             &device,
-        ));
+        );
+        // About one pixel in 50 NaN: a NaN input value makes every channel of its pixel NaN
+        // after the convolution.
+        let nans = Tensor::<4>::random(x.shape(), Distribution::Default, &device)
+            .greater_elem(1.0 - 0.02 / channels as f64);
+        let x = to_channels_last.forward(x.mask_fill(nans, f32::NAN));
         let out = size.div_ceil(2);
         let shortcut = Tensor::<4>::random(
             [batch, channels, out, out],

@@ -1372,10 +1372,14 @@ pub fn max_pool2d_add(
                         at.push(0);
                     }
                 }
+                let q = (row * ow + ox) * c;
+                #[cfg(all(feature = "std", target_arch = "x86_64"))]
+                if fused::max_add(&pixels, &shortcut[q..q + c], pixel_out) {
+                    continue;
+                }
                 // SAFETY: `MaybeUninit<f32>` has `f32`'s layout; `max_pixel` writes values.
                 let uninit = unsafe { &mut *(pooled.as_mut_slice() as *mut [f32] as *mut [MaybeUninit<f32>]) };
                 max_pixel(uninit, &mut [], &pixels, &at);
-                let q = (row * ow + ox) * c;
                 add_assign(&mut pooled, &shortcut[q..q + c]);
                 pixel_out.write_copy_of_slice(&pooled);
             }

@@ -282,8 +282,15 @@ fn gather_patches(conv: &Conv, x: &[f32], zeros: &[f32], first: usize, out: &mut
     for (q, patch) in (first..).zip(out.chunks_exact_mut(conv.patch_len())) {
         let (b, oy, ox) = (q / (oh * ow), q / ow % oh, q % ow);
         for i in 0..kh {
+            let iy = conv.input_at(0, oy, i);
+            // A kernel row inside the input: `kw` neighbouring pixels, one copy.
+            if let (Some(iy), Some(ix), Some(_)) = (iy, conv.input_at(1, ox, 0), conv.input_at(1, ox, kw - 1)) {
+                let start = ((b * h + iy) * w + ix) * c;
+                patch[i * kw * c..][..kw * c].copy_from_slice(&x[start..start + kw * c]);
+                continue;
+            }
             for j in 0..kw {
-                let pixel = match (conv.input_at(0, oy, i), conv.input_at(1, ox, j)) {
+                let pixel = match (iy, conv.input_at(1, ox, j)) {
                     (Some(iy), Some(ix)) => &x[((b * h + iy) * w + ix) * c..][..c],
                     _ => zeros,
                 };
@@ -291,6 +298,20 @@ fn gather_patches(conv: &Conv, x: &[f32], zeros: &[f32], first: usize, out: &mut
             }
         }
     }
+}
+
+/// `out = max over pixels + shortcut` per channel (a NaN wins, the last one, as in Burn's
+/// max-pool), every slice at least `out.len()` long: `false`, with `out` untouched, on a
+/// CPU without AVX-512 (the caller has its own loop).
+pub(super) fn max_add(pixels: &[&[f32]], shortcut: &[f32], out: &mut [core::mem::MaybeUninit<f32>]) -> bool {
+    if !std::is_x86_feature_detected!("avx512f") || pixels.is_empty() {
+        return false;
+    }
+    let c = out.len();
+    assert!(shortcut.len() >= c && pixels.iter().all(|p| p.len() >= c));
+    // SAFETY: AVX-512F is available; the assert keeps the reads within the slices.
+    unsafe { avx512::max_add(pixels, shortcut.as_ptr(), out.as_mut_ptr().cast(), c) };
+    true
 }
 
 mod avx512 {
@@ -538,6 +559,63 @@ mod avx512 {
                 // SAFETY: the caller's contract.
                 unsafe { _mm512_mask_storeu_ps(out.add(p * c + start + v * LANES), masks[v], acc) };
             }
+        }
+    }
+
+    /// See [super::max_add].
+    ///
+    /// # Safety
+    /// On a CPU with AVX-512F; `pixels` and `shortcut` reach `c` values, `out` takes `c`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn max_add(pixels: &[&[f32]], shortcut: *const f32, out: *mut f32, c: usize) {
+        let full = c / PANEL * PANEL;
+        // SAFETY (every call): the channels `start..` and the masks keep to `c` values.
+        for start in (0..full).step_by(PANEL) {
+            unsafe { max_add_channels::<4>(pixels, shortcut, out, start, [u16::MAX; 4]) };
+        }
+        if full < c {
+            let masks = |v: usize| lane_mask((full + v * LANES).min(c), c);
+            unsafe {
+                match (c - full).div_ceil(LANES) {
+                    4 => max_add_channels::<4>(pixels, shortcut, out, full, core::array::from_fn(masks)),
+                    3 => max_add_channels::<3>(pixels, shortcut, out, full, core::array::from_fn(masks)),
+                    2 => max_add_channels::<2>(pixels, shortcut, out, full, core::array::from_fn(masks)),
+                    _ => max_add_channels::<1>(pixels, shortcut, out, full, core::array::from_fn(masks)),
+                }
+            }
+        }
+    }
+
+    /// [max_add] for `V` vectors of channels from `start` (lanes `masks`).
+    ///
+    /// # Safety
+    /// As [max_add], for the masked lanes.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn max_add_channels<const V: usize>(
+        pixels: &[&[f32]],
+        shortcut: *const f32,
+        out: *mut f32,
+        start: usize,
+        masks: [__mmask16; V],
+    ) {
+        let load = |pixel: *const f32, v: usize| {
+            // SAFETY: the caller's contract.
+            unsafe { _mm512_maskz_loadu_ps(masks[v], pixel.add(start + v * LANES)) }
+        };
+        let mut best: [__m512; V] = core::array::from_fn(|v| load(pixels[0].as_ptr(), v));
+        for pixel in &pixels[1..] {
+            for (v, best) in best.iter_mut().enumerate() {
+                let x = load(pixel.as_ptr(), v);
+                // MAXPS returns its second operand when either is a NaN: a NaN kept so far
+                // stays; a new one replaces it, as Burn's `v > best || v.is_nan()`.
+                *best = _mm512_mask_mov_ps(_mm512_max_ps(x, *best), _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x), x);
+            }
+        }
+        for (v, best) in best.iter().enumerate() {
+            let sum = _mm512_add_ps(*best, load(shortcut, v));
+            // SAFETY: the caller's contract.
+            unsafe { _mm512_mask_storeu_ps(out.add(start + v * LANES), masks[v], sum) };
         }
     }
 
