@@ -570,6 +570,40 @@ fn channels_last_activations_match_the_reference() {
     }
 }
 
+/// A folded network as `eval` and `predict` run it (with AVX-512: the fused convolutions and
+/// max-pool + shortcut; in the narrower variants: the ops one by one and the max-pool's own
+/// loop) against the network as trained, on the reference.
+#[test]
+fn folded_network_matches_the_reference() {
+    use burn::module::Module;
+    use xception_model::{Xception, XceptionConfig};
+    let config = XceptionConfig {
+        input_size: 71,
+        width: 0.125,
+        middle_blocks: 1,
+        num_classes: 5,
+        ..XceptionConfig::default()
+    };
+    #[allow(deprecated)] // ndarray is deprecated upstream; here it is the reference
+    let reference_device = Device::ndarray();
+    let model = Xception::new(&config, &reference_device).expect("a valid config");
+    let images = random([2, 3, 71, 71], 21);
+    let logits = |model: &Xception, device: &Device| -> Vec<f32> {
+        let images = Tensor::<4>::from_data(images.clone(), device);
+        model.forward(images).into_data().iter::<f32>().collect()
+    };
+    let flex = Device::flex();
+    let folded = model.clone().valid().to_device(&flex).folded();
+    let reference = logits(&model.valid(), &reference_device);
+    assert_close(
+        &["logits"],
+        &[logits(&folded, &flex)],
+        &[reference],
+        1e-4,
+        "folded network",
+    );
+}
+
 /// The kernels' AVX2 and baseline variants, which the CPU's best variant hides on an
 /// AVX-512 machine (CI's), against the reference too. Other tests running meanwhile may then
 /// run a narrower variant: every variant must pass them.
@@ -586,6 +620,7 @@ fn the_avx2_and_baseline_variants_match_the_reference() {
         batch_norm_matches_the_reference();
         max_pool_matches_the_reference();
         channels_last_activations_match_the_reference();
+        folded_network_matches_the_reference();
         if widest == simd_variant::BASELINE || has_avx2() {
             assert!(
                 simd_variant::calls(widest) > before,

@@ -1358,6 +1358,8 @@ pub fn max_pool2d_add(
         start..end
     };
     let (data, shortcut) = (nhwc_data(x), nhwc_data(shortcut));
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    let avx512 = fused::max_add_available();
     let fill = |out: &mut [MaybeUninit<f32>]| {
         for_each_plane(out, ow * c, |row, dst| {
             let (b, oy) = (row / oh, row % oh);
@@ -1374,7 +1376,8 @@ pub fn max_pool2d_add(
                 }
                 let q = (row * ow + ox) * c;
                 #[cfg(all(feature = "std", target_arch = "x86_64"))]
-                if fused::max_add(&pixels, &shortcut[q..q + c], pixel_out) {
+                if avx512 {
+                    fused::max_add(&pixels, &shortcut[q..q + c], pixel_out);
                     continue;
                 }
                 // SAFETY: `MaybeUninit<f32>` has `f32`'s layout; `max_pixel` writes values.

@@ -300,18 +300,21 @@ fn gather_patches(conv: &Conv, x: &[f32], zeros: &[f32], first: usize, out: &mut
     }
 }
 
+/// Whether [max_add] runs here: AVX-512, and the tests allow it (`simd_variant`).
+pub(super) fn max_add_available() -> bool {
+    avx512::available()
+}
+
 /// `out = max over pixels + shortcut` per channel (a NaN wins, the last one, as in Burn's
-/// max-pool), every slice at least `out.len()` long: `false`, with `out` untouched, on a
-/// CPU without AVX-512 (the caller has its own loop).
-pub(super) fn max_add(pixels: &[&[f32]], shortcut: &[f32], out: &mut [core::mem::MaybeUninit<f32>]) -> bool {
-    if !std::is_x86_feature_detected!("avx512f") || pixels.is_empty() {
-        return false;
-    }
+/// max-pool), `pixels` not empty and every slice at least `out.len()` long, where
+/// [max_add_available].
+pub(super) fn max_add(pixels: &[&[f32]], shortcut: &[f32], out: &mut [core::mem::MaybeUninit<f32>]) {
     let c = out.len();
-    assert!(shortcut.len() >= c && pixels.iter().all(|p| p.len() >= c));
+    assert!(!pixels.is_empty() && shortcut.len() >= c && pixels.iter().all(|p| p.len() >= c));
+    // The CPU's feature, which the `target_feature` code needs (see `Panels::product`).
+    assert!(std::is_x86_feature_detected!("avx512f"));
     // SAFETY: AVX-512F is available; the assert keeps the reads within the slices.
     unsafe { avx512::max_add(pixels, shortcut.as_ptr(), out.as_mut_ptr().cast(), c) };
-    true
 }
 
 mod avx512 {
