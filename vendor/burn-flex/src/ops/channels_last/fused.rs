@@ -262,14 +262,24 @@ fn block_rows(rows: usize, k: usize) -> usize {
 fn tap_pointers(conv: &Conv, x: &[f32], zeros: &[f32], first: usize, n: usize, out: &mut Vec<*const f32>) {
     let ([h, w], [oh, ow], c) = (conv.in_hw, conv.out_hw, conv.c_in);
     out.clear();
-    for q in first..first + n {
-        let (b, oy, ox) = (q / (oh * ow), q / ow % oh, q % ow);
-        for i in 0..3 {
-            for j in 0..3 {
-                out.push(match (conv.input_at(0, oy, i), conv.input_at(1, ox, j)) {
+    let (mut b, mut oy, mut ox) = (first / (oh * ow), first / ow % oh, first % ow);
+    for _ in 0..n {
+        let rows: [Option<usize>; 3] = core::array::from_fn(|i| conv.input_at(0, oy, i));
+        let columns: [Option<usize>; 3] = core::array::from_fn(|j| conv.input_at(1, ox, j));
+        for row in rows {
+            for column in columns {
+                out.push(match (row, column) {
                     (Some(iy), Some(ix)) => x[((b * h + iy) * w + ix) * c..][..c].as_ptr(),
                     _ => zeros.as_ptr(),
                 });
+            }
+        }
+        // The next pixel in NHWC order.
+        ox += 1;
+        if ox == ow {
+            (ox, oy) = (0, oy + 1);
+            if oy == oh {
+                (oy, b) = (0, b + 1);
             }
         }
     }
