@@ -89,8 +89,9 @@ impl ConvBn {
         if self.folded { x } else { self.bn.forward(x) }
     }
 
-    /// [Self::forward], then ReLU with `relu`. With the BatchNorm folded, on the flex device,
-    /// one fused kernel (`crate::fused`) computes it all; otherwise the ops run one by one.
+    /// [Self::forward], then its ReLU with `relu_output`. With the BatchNorm folded, on the
+    /// flex device, one fused kernel (`crate::fused`) computes it all; otherwise the ops run
+    /// one by one.
     pub fn forward_with(&self, x: Tensor<4>, relu_output: bool) -> Tensor<4> {
         let x = if self.folded {
             match fused::conv2d(x, (&self.conv, &self.packed), relu_output) {
