@@ -409,6 +409,27 @@ fn fused_inference_matches_the_ops_one_by_one() {
     }
 }
 
+/// A fused kernel's output against the ops' `expected`; a kernel that declined is a failure
+/// wherever it runs (a build with the kernels, a CPU with AVX-512).
+fn assert_fused_matches(actual: Result<Tensor<4>, Tensor<4>>, expected: Tensor<4>, case: &str) {
+    match actual {
+        Ok(actual) => {
+            assert_eq!(actual.dims(), expected.dims(), "{case}");
+            actual
+                .into_data()
+                .assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-4));
+        }
+        // Only a build without the kernels or a CPU without AVX-512 runs the ops instead.
+        #[cfg(target_arch = "x86_64")]
+        Err(_) => assert!(
+            !(cfg!(feature = "flex-kernels") && std::is_x86_feature_detected!("avx512f")),
+            "{case}: the fused kernel declined"
+        ),
+        #[cfg(not(target_arch = "x86_64"))]
+        Err(_) => {}
+    }
+}
+
 /// The fused separable convolution against the ops one by one, on shapes at its edges:
 /// channels that fill part of a panel of 64 or of a vector of 16 (728 = 11 x 64 + 24, 46,
 /// 91), pixel counts that end inside a micro-tile of 6, with and without ReLU, bias and
@@ -451,28 +472,14 @@ fn fused_separable_convolution_matches_the_ops() {
         };
         let case = format!("{batch}x{c_in}->{c_out} at {size}, relu {relu_input}, bias {bias}");
         let packed = crate::PackedWeights::new(&pointwise);
-        match crate::fused::separable_conv2d(
+        let actual = crate::fused::separable_conv2d(
             x,
             relu_input,
             &depthwise,
             (&pointwise, &packed),
             residual.as_ref(),
-        ) {
-            Ok(actual) => {
-                assert_eq!(actual.dims(), expected.dims(), "{case}");
-                actual
-                    .into_data()
-                    .assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-4));
-            }
-            // Only a build without the kernels or a CPU without AVX-512 runs the ops instead.
-            #[cfg(target_arch = "x86_64")]
-            Err(_) => assert!(
-                !(cfg!(feature = "flex-kernels") && std::is_x86_feature_detected!("avx512f")),
-                "{case}: the fused kernel declined"
-            ),
-            #[cfg(not(target_arch = "x86_64"))]
-            Err(_) => {}
-        }
+        );
+        assert_fused_matches(actual, expected, &case);
     }
 }
 
@@ -525,22 +532,8 @@ fn fused_convolution_matches_the_ops() {
         let case =
             format!("{batch}x{c_in}->{c_out} at {size}, {kernel}x{kernel} / {stride}, {padding:?}");
         let packed = crate::PackedWeights::new(&conv);
-        match crate::fused::conv2d(x, (&conv, &packed), relu_output) {
-            Ok(actual) => {
-                assert_eq!(actual.dims(), expected.dims(), "{case}");
-                actual
-                    .into_data()
-                    .assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-4));
-            }
-            // Only a build without the kernels or a CPU without AVX-512 runs the ops instead.
-            #[cfg(target_arch = "x86_64")]
-            Err(_) => assert!(
-                !(cfg!(feature = "flex-kernels") && std::is_x86_feature_detected!("avx512f")),
-                "{case}: the fused kernel declined"
-            ),
-            #[cfg(not(target_arch = "x86_64"))]
-            Err(_) => {}
-        }
+        let actual = crate::fused::conv2d(x, (&conv, &packed), relu_output);
+        assert_fused_matches(actual, expected, &case);
     }
 }
 
