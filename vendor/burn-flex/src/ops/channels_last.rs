@@ -1363,15 +1363,13 @@ pub fn max_pool2d_add(
     let fill = |out: &mut [MaybeUninit<f32>]| {
         for_each_plane(out, ow * c, |row, dst| {
             let (b, oy) = (row / oh, row % oh);
-            let (mut pixels, mut at, mut pooled) = (Vec::new(), Vec::new(), vec![0.0f32; c]);
+            let (mut pixels, mut at, mut pooled) = (Vec::new(), Vec::new(), Vec::new());
             for (ox, pixel_out) in dst.chunks_exact_mut(c).enumerate() {
                 pixels.clear();
-                at.clear();
                 for iy in window(0, oy) {
                     for ix in window(1, ox) {
                         let start = ((b * h + iy) * w + ix) * c;
                         pixels.push(&data[start..start + c]);
-                        at.push(0);
                     }
                 }
                 let q = (row * ow + ox) * c;
@@ -1380,6 +1378,9 @@ pub fn max_pool2d_add(
                     fused::max_add(&pixels, &shortcut[q..q + c], pixel_out);
                     continue;
                 }
+                // The generic loop's positions (unused here) and row of sums.
+                at.resize(pixels.len(), 0);
+                pooled.resize(c, 0.0f32);
                 // SAFETY: `MaybeUninit<f32>` has `f32`'s layout; `max_pixel` writes values.
                 let uninit = unsafe { &mut *(pooled.as_mut_slice() as *mut [f32] as *mut [MaybeUninit<f32>]) };
                 max_pixel(uninit, &mut [], &pixels, &at);

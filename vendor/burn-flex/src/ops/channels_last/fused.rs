@@ -199,9 +199,6 @@ fn padded_bias(panels: &avx512::Panels, bias: Option<&FlexTensor>) -> Option<Vec
     let mut padded = alloc::vec![0.0f32; panels.padded_len()];
     if let Some(bias) = bias {
         let c_out = panels.c_out;
-        if bias.dtype() != DType::F32 || bias.layout().num_elements() != c_out {
-            return None;
-        }
         let bias = f32_values(bias, c_out)?;
         padded[..c_out].copy_from_slice(&bias.storage::<f32>()[..c_out]);
     }
@@ -260,10 +257,9 @@ fn block_rows(rows: usize, k: usize) -> usize {
 /// pixel's first value, or `zeros` (`c` values) for a tap in the padding, so that the kernel
 /// sums nine taps everywhere without a branch.
 fn tap_pointers(conv: &Conv, x: &[f32], zeros: &[f32], first: usize, n: usize, out: &mut Vec<*const f32>) {
-    let ([h, w], [oh, ow], c) = (conv.in_hw, conv.out_hw, conv.c_in);
+    let ([h, w], c) = (conv.in_hw, conv.c_in);
     out.clear();
-    let (mut b, mut oy, mut ox) = (first / (oh * ow), first / ow % oh, first % ow);
-    for _ in 0..n {
+    for (b, oy, ox) in pixel_positions(conv, first).take(n) {
         let rows: [Option<usize>; 3] = core::array::from_fn(|i| conv.input_at(0, oy, i));
         let columns: [Option<usize>; 3] = core::array::from_fn(|j| conv.input_at(1, ox, j));
         for row in rows {
@@ -274,23 +270,27 @@ fn tap_pointers(conv: &Conv, x: &[f32], zeros: &[f32], first: usize, n: usize, o
                 });
             }
         }
-        // The next pixel in NHWC order.
-        ox += 1;
-        if ox == ow {
-            (ox, oy) = (0, oy + 1);
-            if oy == oh {
-                (oy, b) = (0, b + 1);
-            }
-        }
     }
+}
+
+/// `(image, row, column)` of the output pixels from `first` on, in NHWC order.
+fn pixel_positions(conv: &Conv, first: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+    let [oh, ow] = conv.out_hw;
+    let start = (first / (oh * ow), first / ow % oh, first % ow);
+    core::iter::successors(Some(start), move |&(b, oy, ox)| {
+        Some(match (ox + 1 == ow, oy + 1 == oh) {
+            (false, _) => (b, oy, ox + 1),
+            (true, false) => (b, oy + 1, 0),
+            (true, true) => (b + 1, 0, 0),
+        })
+    })
 }
 
 /// The patches of output pixels `first..` (as many as `out` holds), `conv.patch_len()`
 /// values each, tap by tap: the input pixel (NHWC `x`) a tap reads, or `zeros` in the padding.
 fn gather_patches(conv: &Conv, x: &[f32], zeros: &[f32], first: usize, out: &mut [f32]) {
-    let ([h, w], [oh, ow], [kh, kw], c) = (conv.in_hw, conv.out_hw, conv.kernel, conv.c_in);
-    for (q, patch) in (first..).zip(out.chunks_exact_mut(conv.patch_len())) {
-        let (b, oy, ox) = (q / (oh * ow), q / ow % oh, q % ow);
+    let ([h, w], [kh, kw], c) = (conv.in_hw, conv.kernel, conv.c_in);
+    for ((b, oy, ox), patch) in pixel_positions(conv, first).zip(out.chunks_exact_mut(conv.patch_len())) {
         for i in 0..kh {
             let iy = conv.input_at(0, oy, i);
             // A kernel row inside the input: `kw` neighbouring pixels, one copy.
